@@ -1,0 +1,3 @@
+"""cd4ml: Continuous Delivery for Machine Learning, for sales forecasting."""
+
+__version__ = "0.1.0"

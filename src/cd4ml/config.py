@@ -1,0 +1,204 @@
+"""One typed view of the pipeline parameters (params.yaml) and the environment (CD4ML_*)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import date
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PROJECT_FILES = ("dvc.yaml", "params.yaml")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SampleParams(_Strict):
+    stores: int = Field(10, ge=1)
+    items: int = Field(50, ge=1)
+    days: int = Field(730, ge=1)
+    start: date = date(2015, 1, 1)
+    seed: int = 42
+
+
+class DataParams(_Strict):
+    source: str = "sample"
+    sample: SampleParams = SampleParams()
+    memory_limit: str = "2GB"
+
+
+class SplitParams(_Strict):
+    horizon: int = Field(16, ge=1)
+    train_origins: int = Field(12, ge=1)
+    origin_stride: int = Field(7, ge=1)
+    min_history: int = Field(56, ge=1)
+
+
+class FeatureParams(_Strict):
+    windows: list[int] = [7, 14, 28, 56, 112]
+    weekday_weeks: list[int] = [4, 12]
+
+
+class ModelParams(_Strict):
+    type: Literal["lightgbm", "random_forest", "decision_tree", "seasonal_naive"] = "lightgbm"
+    lightgbm: dict[str, Any] = {}
+    random_forest: dict[str, Any] = {}
+    decision_tree: dict[str, Any] = {}
+    seasonal_naive: dict[str, Any] = {}
+
+    @property
+    def chosen(self) -> dict[str, Any]:
+        return getattr(self, self.type)
+
+
+class EvaluateParams(_Strict):
+    plot_series: int = 6
+
+
+class TrackingParams(_Strict):
+    experiment: str = "cd4ml-sales"
+
+
+class Params(_Strict):
+    data: DataParams = DataParams()
+    split: SplitParams = SplitParams()
+    features: FeatureParams = FeatureParams()
+    model: ModelParams = ModelParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    tracking: TrackingParams = TrackingParams()
+
+
+class ConfigError(ValueError):
+    """params.yaml or an override is invalid; the message names the key."""
+
+
+def _describe(exc: ValidationError, where: str) -> ConfigError:
+    problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return ConfigError(f"{where}: {problems}")
+
+
+def load_params(path: Path) -> Params:
+    try:
+        return Params.model_validate(yaml.safe_load(path.read_text()) or {})
+    except ValidationError as exc:
+        raise _describe(exc, str(path)) from exc
+
+
+def apply_overrides(path: Path, overrides: list[str]) -> list[tuple[str, Any]]:
+    """Write `key=value` overrides into params.yaml (comments kept) so the run is reproducible."""
+    from ruamel.yaml import YAML
+
+    rt = YAML()
+    document = rt.load(path.read_text())
+    applied = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. model.type=random_forest")
+        *parents, leaf = key.split(".")
+        node = document
+        for part in parents:
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f"--set {item!r}: no key '{key}' in {path.name}")
+            node = node[part]
+        if not isinstance(node, dict) or (leaf not in node and not parents[:1] == ["model"]):
+            raise ConfigError(f"--set {item!r}: no key '{key}' in {path.name}")
+        node[leaf] = yaml.safe_load(raw)
+        applied.append((key, node[leaf]))
+    try:
+        Params.model_validate(yaml.safe_load(_dump(rt, document)))
+    except ValidationError as exc:
+        raise _describe(exc, "--set") from exc
+    path.write_text(_dump(rt, document))
+    return applied
+
+
+def _dump(rt, document) -> str:
+    from io import StringIO
+
+    buffer = StringIO()
+    rt.dump(document, buffer)
+    return buffer.getvalue()
+
+
+def init_project(workdir: Path) -> list[str]:
+    """Copy the pipeline definition into workdir if it is not there yet; returns what was added."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    added = []
+    for name in PROJECT_FILES:
+        target = workdir / name
+        if not target.exists():
+            with resources.as_file(resources.files("cd4ml.project") / name) as source:
+                shutil.copyfile(source, target)
+            added.append(name)
+    return added
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where each stage reads and writes, relative to the work directory."""
+
+    root: Path
+
+    def __getattr__(self, name: str) -> Path:  # pragma: no cover - for typos only
+        raise AttributeError(name)
+
+    @property
+    def params(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def source(self) -> Path:
+        return self.root / "data" / "source.json"
+
+    @property
+    def sample(self) -> Path:
+        return self.root / "data" / "sample"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / ".cd4ml" / "cache"
+
+    @property
+    def ingested(self) -> Path:
+        return self.root / "data" / "ingested"
+
+    @property
+    def split(self) -> Path:
+        return self.root / "data" / "split.json"
+
+    @property
+    def features(self) -> Path:
+        return self.root / "data" / "features"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "models" / "model"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "models" / "run.json"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def failure(self) -> Path:
+        return self.root / ".cd4ml" / "last_failure.json"
+
+
+def tracking_uri(workdir: Path) -> str:
+    """CD4ML_TRACKING_URI, else a SQLite store in the work directory."""
+    return os.environ.get("CD4ML_TRACKING_URI") or f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
+
+
+def artifact_location(workdir: Path) -> str:
+    return os.environ.get("CD4ML_ARTIFACT_LOCATION") or (workdir / "mlartifacts").resolve().as_uri()

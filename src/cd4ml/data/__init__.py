@@ -1,0 +1,1 @@
+"""Data acquisition, validation and preparation for the sales-forecasting pipeline."""

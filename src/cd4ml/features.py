@@ -1,0 +1,264 @@
+"""The one feature definition, shared by training, batch scoring and the gateway.
+
+A target row is a series at a period `t`, forecast from an origin `o` (the last period whose
+sales are known); horizon `h = t - o` periods. Its features are
+- the series *state* at the origin — rolling log-means, zero shares, weekday profiles and the
+  last season of values — computed in DuckDB from history at or before `o` only (so training
+  runs out of core and no feature can see the future), and
+- *row* features of the target — calendar, paydays, holidays, horizon, known covariates and
+  encoded attributes — computed in pandas, cheap enough for a single request.
+One global model forecasts every horizon directly (no recursion, so no compounding error).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date, timedelta
+
+import duckdb
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel
+
+MISSING_CODE = -1
+
+
+class FeatureSpec(BaseModel):
+    """Everything needed to compute features identically anywhere; ships in the model bundle."""
+
+    series_keys: list[str]
+    covariates: list[str]
+    attributes: list[str]
+    local_columns: list[str]
+    frequency: str
+    period_days: int
+    season_length: int
+    anchor_weekday: int  # weekday every period ends on (daily data: any)
+    horizon: int
+    windows: list[int]
+    weekday_weeks: list[int]
+    categories: dict[str, list[str]]  # category → code by position; unseen values get -1
+
+    @property
+    def state_columns(self) -> list[str]:
+        cols = [f"{stat}_{w}" for w in self.windows for stat in ("lmean", "lstd", "zero")]
+        cols += [f"{c}_hist" for c in self.covariates]
+        if self.frequency == "daily":
+            cols += [f"dow{d}_lmean_{w}" for w in self.weekday_weeks for d in range(7)]
+        cols += [f"last_{j}" for j in range(self.season_length)]
+        return [*cols, "history", "since_sale"]
+
+    @property
+    def columns(self) -> list[str]:
+        """Model input columns, in order."""
+        row = ["horizon", "dayofweek", "day", "month", "weekofyear", "dayofyear",
+               "paydays", "since_payday", "holiday_national", "holiday_local"]  # fmt: skip
+        picks = ["seasonal_naive_log"]
+        if self.frequency == "daily":
+            picks += [f"dow_lmean_{w}" for w in self.weekday_weeks]
+        encoded = [f"{c}_code" for c in self.categories]
+        state = [c for c in self.state_columns if not c.startswith(("dow", "last_"))]
+        return [*row, *self.covariates, *encoded, *picks, *state]
+
+
+def build_feature_spec(
+    dataset: dict, con: duckdb.DuckDBPyConnection, relation: str,
+    horizon: int, windows: list[int], weekday_weeks: list[int],
+) -> FeatureSpec:
+    """Learn the category vocabularies from the canonical table (targets are never looked at)."""
+    spec = dataset["spec"]
+    encoded = [*spec["series_keys"], *dataset["attributes"]]
+    categories = {
+        column: [str(v[0]) for v in con.execute(
+            f'SELECT DISTINCT CAST("{column}" AS VARCHAR) FROM {relation} ORDER BY 1').fetchall()]
+        for column in encoded
+    }
+    anchor = con.execute(f"SELECT isodow(max(date)) - 1 FROM {relation}").fetchone()[0]
+    holidays = spec.get("holidays") or {}
+    return FeatureSpec(
+        series_keys=spec["series_keys"],
+        covariates=spec["covariates"],
+        attributes=dataset["attributes"],
+        local_columns=[c for c in holidays.get("local_columns", []) if c in dataset["attributes"]],
+        frequency=spec["frequency"],
+        period_days=1 if spec["frequency"] == "daily" else 7,
+        season_length=7 if spec["frequency"] == "daily" else 52,
+        anchor_weekday=int(anchor),
+        horizon=horizon,
+        windows=windows,
+        weekday_weeks=weekday_weeks,
+        categories=categories,
+    )
+
+
+def _quoted(columns: Iterable[str]) -> str:
+    return ", ".join(f'"{c}"' for c in columns)
+
+
+def state_sql(fs: FeatureSpec, relation: str, origin: date) -> str:
+    """SQL for the series state at `origin`, reading only rows dated at or before it."""
+    p = fs.period_days
+    span = max([*fs.windows, fs.season_length, *(w * 7 // p for w in fs.weekday_weeks)]) * p
+    o = f"DATE '{origin.isoformat()}'"
+    ly = "ln(1 + greatest(sales, 0))"
+    parts = []
+    for w in fs.windows:
+        inside = f"date > {o} - INTERVAL {w * p} DAY"
+        parts += [
+            f"coalesce(avg({ly}) FILTER (WHERE {inside}), 0) AS lmean_{w}",
+            f"coalesce(stddev_pop({ly}) FILTER (WHERE {inside}), 0) AS lstd_{w}",
+            f"coalesce(avg(CASE WHEN sales > 0 THEN 0 ELSE 1 END) FILTER (WHERE {inside}), 1) AS zero_{w}",
+        ]
+    longest = f"date > {o} - INTERVAL {max(fs.windows) * p} DAY"
+    parts += [f'coalesce(avg("{c}") FILTER (WHERE {longest}), 0) AS "{c}_hist"' for c in fs.covariates]
+    if fs.frequency == "daily":
+        parts += [
+            f"coalesce(avg({ly}) FILTER (WHERE date > {o} - INTERVAL {w * 7} DAY "
+            f"AND isodow(date) = {d + 1}), 0) AS dow{d}_lmean_{w}"
+            for w in fs.weekday_weeks for d in range(7)
+        ]
+    parts += [
+        f"coalesce(max(sales) FILTER (WHERE date = {o} - INTERVAL {j * p} DAY), 0) AS last_{j}"
+        for j in range(fs.season_length)
+    ]
+    parts += [
+        "count(*) AS history",
+        f"coalesce(date_diff('day', max(date) FILTER (WHERE sales > 0), {o}) // {p}, {span // p + 1}) AS since_sale",
+    ]
+    keys = _quoted(fs.series_keys)
+    return (
+        f"SELECT {keys}, {', '.join(parts)} FROM {relation} "
+        f"WHERE date <= {o} AND date > {o} - INTERVAL {span} DAY GROUP BY {keys}"
+    )
+
+
+def series_state(con: duckdb.DuckDBPyConnection, fs: FeatureSpec, relation: str, origin: date) -> pd.DataFrame:
+    return con.execute(state_sql(fs, relation, origin)).df()
+
+
+def _period_end(dates: pd.Series, fs: FeatureSpec) -> pd.Series:
+    """The period a calendar day falls in, named by the period's last day."""
+    shift = (fs.anchor_weekday - dates.dt.weekday) % fs.period_days
+    return dates + pd.to_timedelta(shift, unit="D")
+
+
+def holiday_counts(holidays: pd.DataFrame, fs: FeatureSpec) -> tuple[pd.Series, pd.Series]:
+    """Holidays per period: national by period end, local by (period end, locale)."""
+    ends = _period_end(pd.to_datetime(holidays["date"]), fs)
+    national = holidays["locale"] == ""
+    nat = ends[national].value_counts()
+    local = pd.Series(1, index=pd.MultiIndex.from_arrays([ends[~national], holidays["locale"][~national]]))
+    return nat, local.groupby(level=[0, 1]).sum()
+
+
+def _paydays(dates: pd.Series, period_days: int) -> tuple[np.ndarray, np.ndarray]:
+    """Paydays (the 15th and the month's last day) in each period, and days since the last one."""
+    count = np.zeros(len(dates))
+    for back in range(period_days):
+        day = dates - pd.Timedelta(days=back)
+        count += ((day.dt.day == 15) | day.dt.is_month_end).to_numpy()
+    d = dates.dt.day.to_numpy()
+    since = np.where(dates.dt.is_month_end | (d == 15), 0, np.where(d > 15, d - 15, d))
+    return count, since
+
+
+def encode(values: pd.Series, vocabulary: list[str]) -> np.ndarray:
+    codes = pd.Categorical(values.astype(str), categories=vocabulary).codes
+    return codes.astype(np.float32)
+
+
+def row_features(
+    targets: pd.DataFrame,
+    state: pd.DataFrame,
+    origin: date,
+    holidays: tuple[pd.Series, pd.Series],
+    fs: FeatureSpec,
+) -> pd.DataFrame:
+    """Features of target rows (keys, date, covariates, attributes) forecast from `origin`.
+
+    `state` must hold one row per series of `targets` (see `series_state`); rows of series
+    without state get the state of a series with no history.
+    """
+    frame = targets.merge(state, on=fs.series_keys, how="left", validate="many_to_one")
+    dates = pd.to_datetime(frame["date"])
+    out = pd.DataFrame(index=frame.index)
+    out["horizon"] = ((dates - pd.Timestamp(origin)).dt.days // fs.period_days).astype(np.float32)
+    out["dayofweek"] = dates.dt.weekday
+    out["day"] = dates.dt.day
+    out["month"] = dates.dt.month
+    out["weekofyear"] = dates.dt.isocalendar().week.astype(int).to_numpy()
+    out["dayofyear"] = dates.dt.dayofyear
+    out["paydays"], out["since_payday"] = _paydays(dates, fs.period_days)
+    national, local = holiday_counts_lookup(dates, frame, holidays, fs)
+    out["holiday_national"], out["holiday_local"] = national, local
+    for c in fs.covariates:
+        out[c] = frame[c].to_numpy()
+    for column, vocabulary in fs.categories.items():
+        out[f"{column}_code"] = encode(frame[column], vocabulary)
+    lags = (fs.season_length * np.ceil(out["horizon"] / fs.season_length) - out["horizon"]).astype(int)
+    last = frame[[f"last_{j}" for j in range(fs.season_length)]].to_numpy(dtype=np.float64, na_value=0.0)
+    rows = np.arange(len(frame))
+    out["seasonal_naive_log"] = np.log1p(np.clip(last[rows, lags.clip(0, fs.season_length - 1)], 0, None))
+    if fs.frequency == "daily":
+        weekday = dates.dt.weekday.to_numpy()
+        for w in fs.weekday_weeks:
+            profile = frame[[f"dow{d}_lmean_{w}" for d in range(7)]].to_numpy(np.float64, na_value=0.0)
+            out[f"dow_lmean_{w}"] = profile[rows, weekday]
+    for c in fs.state_columns:
+        if not c.startswith(("dow", "last_")):
+            out[c] = frame[c].to_numpy()
+    return out[fs.columns].astype(np.float32).fillna(_no_history_defaults(fs))
+
+
+def _no_history_defaults(fs: FeatureSpec) -> dict[str, float]:
+    """What a series with no history looks like: zero sales, always zero."""
+    return {c: 1.0 if c.startswith("zero_") else 0.0 for c in fs.columns}
+
+
+def holiday_counts_lookup(
+    dates: pd.Series, frame: pd.DataFrame, holidays: tuple[pd.Series, pd.Series], fs: FeatureSpec
+) -> tuple[np.ndarray, np.ndarray]:
+    national, local = holidays
+    nat = dates.map(national).fillna(0).to_numpy(dtype=np.float32)
+    loc = np.zeros(len(frame), dtype=np.float32)
+    if len(local):
+        for column in fs.local_columns:
+            index = pd.MultiIndex.from_arrays([dates, frame[column].astype(str)])
+            loc += local.reindex(index).fillna(0).to_numpy(dtype=np.float32)
+    return nat, loc
+
+
+def seasonal_naive(frame: pd.DataFrame) -> np.ndarray:
+    """The seasonal-naive forecast carried by every feature row: last season's same period."""
+    return np.expm1(frame["seasonal_naive_log"].to_numpy(np.float64))
+
+
+def target_rows_sql(fs: FeatureSpec, relation: str, origin: date, columns: list[str]) -> str:
+    o = f"DATE '{origin.isoformat()}'"
+    end = origin + timedelta(days=fs.horizon * fs.period_days)
+    return (
+        f"SELECT {_quoted(columns)} FROM {relation} WHERE date > {o} "
+        f"AND date <= DATE '{end.isoformat()}'"
+    )
+
+
+def examples_at_origin(
+    con: duckdb.DuckDBPyConnection,
+    fs: FeatureSpec,
+    relation: str,
+    origin: date,
+    holidays: tuple[pd.Series, pd.Series],
+    keep: list[str],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Labelled rows for the horizon after `origin`: (features, target rows with `keep` columns).
+
+    Only series with history at the origin are forecast, as in production.
+    """
+    state = series_state(con, fs, relation, origin)
+    columns = list(dict.fromkeys(["date", *fs.series_keys, *fs.covariates, *fs.attributes, *keep]))
+    targets = con.execute(target_rows_sql(fs, relation, origin, columns)).df()
+    targets = targets.merge(state[fs.series_keys], on=fs.series_keys, how="inner")
+    features = row_features(targets, state, origin, holidays, fs)
+    labels = targets[list(dict.fromkeys(["date", *fs.series_keys, *keep]))].copy()
+    labels["origin"] = pd.Timestamp(origin)
+    return features, labels

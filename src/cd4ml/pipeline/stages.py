@@ -1,0 +1,227 @@
+"""Stage entry points that dvc.yaml calls: read inputs, call plain functions, write outputs.
+
+Every stage runs in the work directory (the folder holding dvc.yaml) and returns a one-line
+summary for the run's table.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+
+from cd4ml.config import Paths, load_params
+
+
+def _json(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2, default=str))
+
+
+def _dataset(paths: Paths) -> dict:
+    return json.loads((paths.ingested / "dataset.json").read_text())
+
+
+def ingest(root: Path) -> str:
+    from cd4ml.data.ingest import ingest as read_into_canonical
+    from cd4ml.data.presets import favorita
+    from cd4ml.data.sample import SampleConfig, write_sample
+    from cd4ml.data.sources import resolve_source
+
+    paths, params = Paths(root), load_params(Paths(root).params)
+    source = params.data.source
+    if source == "sample":
+        sample = params.data.sample
+        write_sample(paths.sample, SampleConfig(sample.stores, sample.items, sample.days, sample.start, sample.seed))
+        spec = favorita(paths.sample)
+    else:
+        spec = resolve_source(source, paths.cache)
+    report = read_into_canonical(spec, paths.ingested, paths.cache, params.data.memory_limit)
+    _json(paths.reports / "ingest.json", {"rows": report.rows, "series": report.series,
+                                          "rows_read": report.rows_read, "zero_rows_filled": report.zero_rows_filled})
+    return f"{spec.name}: {report.rows:,} rows, {report.series:,} series, {report.first_date}..{report.last_date}"
+
+
+def validate(root: Path) -> str:
+    """Check the canonical table with pandera, batch by batch; always leave the report behind."""
+    import pyarrow.parquet as pq
+
+    from cd4ml.data.schemas import check, sales_schema
+    from cd4ml.data.validation import DataValidationError, write_report
+
+    paths = Paths(root)
+    dataset = _dataset(paths)
+    spec = dataset["spec"]
+    schema = sales_schema(spec["series_keys"], spec["covariates"], dataset["attributes"])
+    table = paths.ingested / "sales.parquet"
+    checks = [{"check": note, "status": "repaired"} for note in _notes(dataset)]
+    rows, line = 0, 0
+    try:
+        for batch in pq.ParquetFile(table).iter_batches(batch_size=1_000_000):
+            frame = batch.to_pandas()
+            frame.index += line
+            check(schema, frame, str(table), first_line=0)
+            rows += len(frame)
+            line += len(frame)
+        if rows == 0:
+            raise DataValidationError([])
+    except DataValidationError as exc:
+        write_report(paths.reports / "validation.json", "failed", checks, exc.problems)
+        raise
+    checks += [{"check": f"{rows:,} rows match the canonical sales schema", "status": "passed"}]
+    write_report(paths.reports / "validation.json", "passed", checks, [])
+    return f"{rows:,} rows valid, {len(checks) - 1} repair(s) reported"
+
+
+def _notes(dataset: dict) -> list[str]:
+    from cd4ml.data.ingest import IngestReport
+
+    return IngestReport(**dataset["report"]).notes()
+
+
+def split(root: Path) -> str:
+    from cd4ml.data.split import plan_split
+
+    paths, params = Paths(root), load_params(Paths(root).params)
+    dataset = _dataset(paths)
+    report = dataset["report"]
+    plan = plan_split(
+        date.fromisoformat(report["first_date"]), date.fromisoformat(report["last_date"]),
+        params.split.horizon, 1 if dataset["spec"]["frequency"] == "daily" else 7,
+        params.split.train_origins, params.split.origin_stride, params.split.min_history,
+    )
+    _json(paths.split, plan.model_dump(mode="json"))
+    return (f"{len(plan.train_origins)} train origins ≤ {plan.train_origins[-1]}, valid {plan.valid_origin}, "
+            f"holdout {plan.holdout_origin}")
+
+
+def featurize(root: Path) -> str:
+    """Labelled feature rows for every origin of the split, written origin by origin."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cd4ml.data.ingest import connect
+    from cd4ml.data.schemas import check, feature_schema
+    from cd4ml.data.split import Split
+    from cd4ml.features import build_feature_spec, examples_at_origin, holiday_counts
+
+    paths, params = Paths(root), load_params(Paths(root).params)
+    dataset = _dataset(paths)
+    plan = Split.model_validate_json(paths.split.read_text())
+    con = connect(params.data.memory_limit, root / ".cd4ml" / "duckdb")
+    con.execute(f"CREATE VIEW sales AS SELECT * FROM read_parquet('{paths.ingested / 'sales.parquet'}')")
+    fs = build_feature_spec(dataset, con, "sales", plan.horizon, params.features.windows,
+                            params.features.weekday_weeks)
+    holidays = holiday_counts(pd.read_parquet(paths.ingested / "holidays.parquet"), fs)
+    keep = list(dict.fromkeys(["sales", "weight", *dataset["spec"]["slices"]]))
+    paths.features.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    parts = {"train": plan.train_origins, "valid": [plan.valid_origin], "holdout": [plan.holdout_origin]}
+    for part, origins in parts.items():
+        writer, rows = None, 0
+        for origin in origins:
+            features, labels = examples_at_origin(con, fs, "sales", origin, holidays, keep)
+            check(feature_schema(fs), features, f"{part} features at origin {origin}")
+            table = pa.Table.from_pandas(pd.concat([labels, features], axis=1), preserve_index=False)
+            writer = writer or pq.ParquetWriter(paths.features / f"{part}.parquet", table.schema)
+            writer.write_table(table)
+            rows += len(features)
+        writer.close()
+        counts[part] = rows
+    con.close()
+    (paths.features / "feature_spec.json").write_text(fs.model_dump_json(indent=2))
+    return ", ".join(f"{part} {n:,}" for part, n in counts.items()) + f" rows × {len(fs.columns)} features"
+
+
+def load_part(paths: Paths, part: str, columns: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(features, labels) of one part of the feature table."""
+    frame = pd.read_parquet(paths.features / f"{part}.parquet")
+    return frame[columns], frame.drop(columns=columns)
+
+
+def feature_spec(paths: Paths):
+    from cd4ml.features import FeatureSpec
+
+    return FeatureSpec.model_validate_json((paths.features / "feature_spec.json").read_text())
+
+
+def train(root: Path) -> str:
+    import mlflow
+
+    from cd4ml import tracking
+    from cd4ml.models import make_model
+
+    paths, params = Paths(root), load_params(Paths(root).params)
+    fs = feature_spec(paths)
+    X, labels = load_part(paths, "train", fs.columns)
+    Xv, valid = load_part(paths, "valid", fs.columns)
+    model = make_model(params.model.type, params.model.chosen)
+    with tracking.run(root, params.tracking.experiment) as active:
+        model.fit(X, labels["sales"].to_numpy(), labels["weight"].to_numpy(),
+                  valid=(Xv, valid["sales"].to_numpy()))
+        model.save(paths.model)
+        (paths.model / "feature_spec.json").write_text(fs.model_dump_json(indent=2))
+        dataset = _dataset(paths)
+        hashes = tracking.stage_hashes(root)
+        mlflow.log_params(tracking.flatten(params.model_dump(mode="json", exclude={"model"})))
+        mlflow.log_params(tracking.flatten({"model": {"type": params.model.type, **params.model.chosen}}))
+        mlflow.set_tags(tracking.lineage(root, hashes.get("ingest:data/ingested", "")) |
+                        {"dataset": dataset["spec"]["name"], "model_family": params.model.type})
+        mlflow.log_dict(dataset, "data/dataset.json")
+        mlflow.log_artifact(str(paths.split), "data")
+        if (root / "dvc.lock").exists():
+            mlflow.log_artifact(str(root / "dvc.lock"), "lineage")
+        run = {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id}
+    _json(paths.run, run)
+    return f"{params.model.type} on {len(X):,} rows; MLflow run {run['run_id'][:8]}"
+
+
+def evaluate(root: Path) -> str:
+    """Score the holdout against actuals and the seasonal-naive baseline; log it all to MLflow."""
+    import mlflow
+
+    from cd4ml import plots, tracking
+    from cd4ml.metrics import evaluate as score
+    from cd4ml.metrics import evaluate_slices
+    from cd4ml.models import load_model
+    from cd4ml.features import seasonal_naive
+
+    paths, params = Paths(root), load_params(Paths(root).params)
+    fs = feature_spec(paths)
+    model = load_model(paths.model)
+    X, holdout = load_part(paths, "holdout", fs.columns)
+    holdout["prediction"] = model.predict(X)
+    holdout["baseline"] = seasonal_naive(X)
+    actual, weight = holdout["sales"].to_numpy(), holdout["weight"].to_numpy()
+    metrics = {"model": score(actual, holdout["prediction"].to_numpy(), weight),
+               "baseline": score(actual, holdout["baseline"].to_numpy(), weight)}
+    slices = evaluate_slices(holdout, _dataset(paths)["spec"]["slices"], actual="sales")
+    paths.reports.mkdir(parents=True, exist_ok=True)
+    holdout.to_parquet(paths.reports / "holdout.parquet", index=False)
+    _json(paths.reports / "metrics.json", metrics)
+    _json(paths.reports / "slices.json", slices.to_dict(orient="records"))
+    plot_dir = paths.reports / "plots"
+    figures = plots.all_plots(holdout, model, fs, plot_dir, params.evaluate.plot_series)
+    with tracking.run(root, params.tracking.experiment, tracking.read_run(paths.run)["run_id"]):
+        mlflow.log_metrics({tracking.metric_name("holdout", k): v for k, v in metrics["model"].items()})
+        mlflow.log_metrics({tracking.metric_name("baseline", k): v for k, v in metrics["baseline"].items()})
+        for row in slices.to_dict(orient="records"):
+            mlflow.log_metrics({
+                tracking.metric_name("slice", row["slice"], str(row["value"]), m): row[m]
+                for m in ("nwrmsle", "wape", "bias") if pd.notna(row[m])
+            })
+        mlflow.log_artifacts(str(plot_dir), "plots")
+        mlflow.log_artifacts(str(paths.model), "native_model")
+        mlflow.log_artifact(str(paths.reports / "metrics.json"), "reports")
+        mlflow.log_artifact(str(paths.reports / "slices.json"), "reports")
+        if (paths.reports / "validation.json").exists():
+            mlflow.log_artifact(str(paths.reports / "validation.json"), "reports")
+    m, b = metrics["model"], metrics["baseline"]
+    return (f"NWRMSLE {m['nwrmsle']:.4f} (baseline {b['nwrmsle']:.4f}), WAPE {m['wape']:.3f}, "
+            f"R² {m['r2']:.3f}; {len(figures)} plots")
+
+
+STAGES = {"ingest": ingest, "validate": validate, "split": split, "featurize": featurize,
+          "train": train, "evaluate": evaluate}
