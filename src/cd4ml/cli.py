@@ -73,13 +73,34 @@ def stage(name: str, workdir: Path = WORKDIR) -> None:
     if name not in STAGES:
         fail(f"unknown stage '{name}'; stages: {', '.join(STAGES)}", 2)
     workdir = workdir.resolve()
+    from cd4ml.gates import EXIT_GATE_FAILED, GateFailed
+
     try:
         summary = STAGES[name](workdir)
+    except GateFailed as exc:
+        record_failure(workdir, name, EXIT_GATE_FAILED, "gates failed (see reports/gates.json); no alias moved")
+        _print_gates(workdir)
+        fail(f"promotion gates failed: {exc}", EXIT_GATE_FAILED)
     except (DataValidationError, SpecError) as exc:
         record_failure(workdir, name, EXIT_INVALID_DATA, "invalid data (see reports/validation.json)")
         fail(f"invalid data, nothing downstream runs:\n{exc}", EXIT_INVALID_DATA)
     record_summary(workdir, name, summary)
+    if name == "gate":
+        _print_gates(workdir)
     console.print(f"[green]✓[/] {name}: {summary}", highlight=False)
+
+
+def _print_gates(workdir: Path) -> None:
+    import json
+
+    report = json.loads((workdir / "reports" / "gates.json").read_text())
+    table = Table(title="promotion gates")
+    for column in ("check", "value", "threshold", "result", "detail"):
+        table.add_column(column)
+    for c in report["checks"]:
+        table.add_row(c["name"], str(c["value"]), c["threshold"],
+                      "[green]pass[/]" if c["passed"] else "[red]FAIL[/]", c["detail"])
+    console.print(table)
 
 
 @app.command()
@@ -119,6 +140,131 @@ def data_sample(
     for name, rows in counts.items():
         table.add_row(name, f"{rows:,}")
     console.print(table)
+
+
+MODEL = typer.Option(None, "--model", "-m", help="Bundle folder or model URI; default: the registry's champion.")
+REASON = typer.Option("", "--reason", help="Why: kept in the alias history.")
+
+
+def _registry(workdir: Path):
+    from cd4ml.config import load_params, tracking_uri
+    from cd4ml.registry import Registry
+
+    workdir = workdir.resolve()
+    params_file = workdir / "params.yaml"
+    name = load_params(params_file).registry.model_name if params_file.exists() else "sales-forecaster"
+    return Registry(tracking_uri(workdir), name)
+
+
+def _bundle(workdir: Path, model: str | None) -> Path:
+    from cd4ml.config import Paths, tracking_uri
+    from cd4ml.registry import CHAMPION, RegistryError, resolve_bundle
+
+    registry = _registry(workdir)
+    uri = model or f"models:/{registry.name}@{CHAMPION}"
+    try:
+        return resolve_bundle(uri, tracking_uri(workdir.resolve()), Paths(workdir.resolve()).cache / "models")
+    except RegistryError as exc:
+        fail(str(exc), 2)
+
+
+@app.command()
+def models(workdir: Path = WORKDIR, history: bool = typer.Option(False, "--history", help="Show alias moves instead.")) -> None:
+    """List registered versions with aliases, key metrics, gate result and creation time."""
+    from datetime import datetime
+
+    registry = _registry(workdir)
+    if history:
+        table = Table(title=f"{registry.name}: alias history")
+        for column in ("when", "alias", "from", "to", "who", "why"):
+            table.add_column(column)
+        for m in registry.history():
+            table.add_row(datetime.fromtimestamp(m.when).isoformat(" ", "seconds"), m.alias,
+                          m.from_version or "-", m.to_version or "-", m.who, m.why)
+        console.print(table)
+        return
+    table = Table(title=f"{registry.name}: versions")
+    for column in ("version", "aliases", "NWRMSLE", "WAPE", "R²", "gate", "created", "run"):
+        table.add_column(column)
+    aliases = registry.aliases()
+    for v in registry.versions():
+        tags = v.tags
+        table.add_row(str(v.version), ", ".join(a for a, n in aliases.items() if n == str(v.version)), tags.get("holdout.nwrmsle", "-"), tags.get("holdout.wape", "-"),
+                      tags.get("holdout.r2", "-"), tags.get("gate", "-"),
+                      datetime.fromtimestamp(v.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M"), (v.run_id or "")[:8])
+    console.print(table)
+
+
+@app.command()
+def promote(version: str, workdir: Path = WORKDIR, reason: str = REASON) -> None:
+    """Make VERSION the champion (the old champion is remembered for rollback)."""
+    from cd4ml.registry import RegistryError
+
+    try:
+        move = _registry(workdir).promote(version, reason or "promoted by hand")
+    except RegistryError as exc:
+        fail(str(exc), 2)
+    console.print(f"champion: v{move.from_version or '-'} → v{move.to_version}")
+
+
+@app.command()
+def rollback(workdir: Path = WORKDIR, reason: str = REASON) -> None:
+    """Move champion back to the version it replaced."""
+    from cd4ml.registry import RegistryError
+
+    try:
+        move = _registry(workdir).rollback(reason or "rolled back by hand")
+    except RegistryError as exc:
+        fail(str(exc), 2)
+    console.print(f"champion: v{move.from_version} → v{move.to_version} (rollback)")
+
+
+@app.command()
+def verify(model_uri: str = typer.Argument(..., help="Bundle folder or model URI, e.g. models:/sales-forecaster@champion."),
+           workdir: Path = WORKDIR) -> None:
+    """Re-score a bundle's holdout and fail loudly if its metrics differ from those recorded."""
+    from cd4ml.bundle import verify as check_bundle
+
+    results = check_bundle(_bundle(workdir, model_uri))
+    table = Table(title=f"verify {model_uri}")
+    for column in ("metric", "recorded", "re-scored", "result"):
+        table.add_column(column)
+    for name, recorded, rescored, ok in results:
+        table.add_row(name, f"{recorded:.6f}", f"{rescored:.6f}", "[green]match[/]" if ok else "[red]DIFFERS[/]")
+    console.print(table)
+    if not all(ok for *_, ok in results):
+        fail("re-scored holdout metrics differ from the recorded ones: this bundle is not what was gated", 1)
+
+
+@app.command()
+def predict(
+    input: Path = typer.Option(..., "--input", "-i", exists=True, dir_okay=False, help="CSV: series keys, date, covariates."),
+    output: Path = typer.Option(..., "--output", "-o", help="CSV written with a prediction column."),
+    model: str | None = MODEL,
+    origin: str | None = typer.Option(None, help="Forecast origin YYYY-MM-DD (default: the bundle's last actuals)."),
+    workdir: Path = WORKDIR,
+) -> None:
+    """Score rows with the champion (or --model) through the same feature code as training."""
+    from rich.progress import Progress
+
+    from cd4ml.batch import predict_file
+    from cd4ml.bundle import scorer
+    from cd4ml.scoring import InputError
+
+    bundle = _bundle(workdir, model)
+    try:
+        start = date.fromisoformat(origin) if origin else None
+    except ValueError:
+        fail(f"--origin {origin!r} is not a date in YYYY-MM-DD form", 2)
+    score = scorer(bundle, start)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("scoring", total=None)
+        try:
+            result = predict_file(score, input, output, progress=lambda n: progress.advance(task, n))
+        except InputError as exc:
+            fail(f"cannot score {input}: {exc}", 2)
+    console.print(f"{result.rows:,} rows → {output} in {result.seconds:.2f} s "
+                  f"({result.rows_per_second:,.0f} rows/s), origin {score.origin}, servable to {score.last_servable}")
 
 
 @app.command()

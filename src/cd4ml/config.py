@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cd4ml.gates import GateParams
+
 PROJECT_FILES = ("dvc.yaml", "params.yaml")
 
 
@@ -66,6 +68,10 @@ class TrackingParams(_Strict):
     experiment: str = "cd4ml-sales"
 
 
+class RegistryParams(_Strict):
+    model_name: str = "sales-forecaster"
+
+
 class Params(_Strict):
     data: DataParams = DataParams()
     split: SplitParams = SplitParams()
@@ -73,6 +79,8 @@ class Params(_Strict):
     model: ModelParams = ModelParams()
     evaluate: EvaluateParams = EvaluateParams()
     tracking: TrackingParams = TrackingParams()
+    gates: GateParams = GateParams()
+    registry: RegistryParams = RegistryParams()
 
 
 class ConfigError(ValueError):

@@ -43,3 +43,12 @@ def check(schema: pa.DataFrameSchema, frame: pd.DataFrame, file: str, first_line
         schema.validate(frame, lazy=True)
     except pandera.errors.SchemaErrors as exc:
         raise DataValidationError(problems_from_pandera(exc.failure_cases, frame, file, first_line)) from exc
+
+
+def input_schema(fs: FeatureSpec, key_dtypes: dict[str, str]) -> pa.DataFrameSchema:
+    """The request-row contract a bundle serves: series keys, the date, known covariates."""
+    columns = {"date": pa.Column("datetime64[ns]", nullable=False, coerce=True)}
+    columns |= {k: pa.Column(key_dtypes[k], nullable=False, coerce=True) for k in fs.series_keys}
+    bounded = [pa.Check.ge(0), pa.Check.lt(float("inf"))]  # built-in checks serialise with the bundle
+    columns |= {c: pa.Column(float, bounded, nullable=False, coerce=True) for c in fs.covariates}
+    return pa.DataFrameSchema(columns, strict="filter", name="request rows")

@@ -54,7 +54,7 @@ class LightGBMForecaster:
         if booster.best_iteration:
             booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
         onx = convert_lightgbm(booster, initial_types=[("input", FloatTensorType([None, n_features]))],
-                               target_opset=17)
+                               target_opset=15)
         return onx.SerializeToString()
 
     def save(self, directory: Path) -> None:

@@ -162,6 +162,7 @@ def train(root: Path) -> str:
         model.fit(X, labels["sales"].to_numpy(), labels["weight"].to_numpy(),
                   valid=(Xv, valid["sales"].to_numpy()))
         model.save(paths.model)
+        (paths.model / "model.onnx").write_bytes(model.to_onnx(len(fs.columns)))
         (paths.model / "feature_spec.json").write_text(fs.model_dump_json(indent=2))
         dataset = _dataset(paths)
         hashes = tracking.stage_hashes(root)
@@ -179,20 +180,22 @@ def train(root: Path) -> str:
 
 
 def evaluate(root: Path) -> str:
-    """Score the holdout against actuals and the seasonal-naive baseline; log it all to MLflow."""
+    """Score the holdout with the exported ONNX model — exactly what will be served — against
+    actuals and the seasonal-naive baseline; log it all to MLflow."""
     import mlflow
 
     from cd4ml import plots, tracking
+    from cd4ml.features import seasonal_naive
     from cd4ml.metrics import evaluate as score
     from cd4ml.metrics import evaluate_slices
     from cd4ml.models import load_model
-    from cd4ml.features import seasonal_naive
+    from cd4ml.scoring import Predictor
 
     paths, params = Paths(root), load_params(Paths(root).params)
     fs = feature_spec(paths)
     model = load_model(paths.model)
     X, holdout = load_part(paths, "holdout", fs.columns)
-    holdout["prediction"] = model.predict(X)
+    holdout["prediction"] = Predictor.read(paths.model).predict_features(X)
     holdout["baseline"] = seasonal_naive(X)
     actual, weight = holdout["sales"].to_numpy(), holdout["weight"].to_numpy()
     metrics = {"model": score(actual, holdout["prediction"].to_numpy(), weight),
@@ -223,5 +226,109 @@ def evaluate(root: Path) -> str:
             f"R² {m['r2']:.3f}; {len(figures)} plots")
 
 
+def gate(root: Path) -> str:
+    """Package the bundle and run every promotion check; a failure stops the run with exit 3."""
+    import mlflow
+
+    from cd4ml import gates, tracking
+    from cd4ml.bundle import series_data, write_bundle
+    from cd4ml.data.schemas import input_schema
+    from cd4ml.data.split import Split
+    from cd4ml.models import load_model
+    from cd4ml.scoring import Predictor, Scorer
+
+    paths, params = Paths(root), load_params(Paths(root).params)
+    p = params.gates
+    fs = feature_spec(paths)
+    plan = Split.model_validate_json(paths.split.read_text())
+    dataset = _dataset(paths)
+    sales = pd.read_parquet(paths.ingested / "sales.parquet")
+    data = series_data(sales, pd.read_parquet(paths.ingested / "holidays.parquet"), fs, plan.holdout_origin)
+    X, _ = load_part(paths, "holdout", fs.columns)
+    holdout = pd.read_parquet(paths.reports / "holdout.parquet")
+    metrics = json.loads((paths.reports / "metrics.json").read_text())
+    rows = holdout[["date", *fs.series_keys]].merge(
+        sales[["date", *fs.series_keys, *fs.covariates]].assign(date=lambda f: pd.to_datetime(f["date"])),
+        on=["date", *fs.series_keys], how="left")
+    holdout = pd.concat([holdout, rows[fs.covariates]], axis=1)
+    serving = Scorer(Predictor.read(paths.model), data, plan.holdout_origin)
+    serving_X = serving.features(serving.validate(holdout[["date", *fs.series_keys, *fs.covariates]]))
+    checks = [
+        *gates.absolute(metrics["model"], p),
+        gates.beats_baseline(metrics["model"]["nwrmsle"], metrics["baseline"]["nwrmsle"], p),
+    ]
+    champion = _rescored_champion(root, params, data, holdout, plan.holdout_origin)
+    checks.append(gates.not_worse_than_champion(
+        metrics["model"]["nwrmsle"], champion and champion[1], champion and champion[0], p))
+    slices = dataset["spec"]["slices"]
+    checks.append(gates.slice_degradation(holdout, slices, "baseline", "seasonal naive", p))
+    if champion:
+        checks.append(gates.slice_degradation(holdout.assign(champion=champion[2]), slices, "champion",
+                                              f"champion v{champion[0]}", p))
+    checks.append(gates.onnx_parity(load_model(paths.model).predict(X), holdout["prediction"].to_numpy(), p))
+    status = json.loads((paths.reports / "validation.json").read_text())["status"]
+    checks += [gates.data_valid(status), gates.contract(X, serving_X)]
+    result = gates.report(checks)
+    _json(paths.reports / "gates.json", result)
+    key_types = {k: str(sales[k].dtype) for k in fs.series_keys}
+    run_id = tracking.read_run(paths.run)["run_id"]
+    with tracking.run(root, params.tracking.experiment, run_id):
+        mlflow.log_dict(result, "gates/gates.json")
+        mlflow.set_tag("gate", "passed" if result["passed"] else "failed")
+    failed = [gates.Check(**c) for c in result["checks"] if not c["passed"]]
+    if failed:
+        raise gates.GateFailed(failed)
+    lineage = tracking.lineage(root, tracking.stage_hashes(root).get("ingest:data/ingested", "")) | {
+        "run_id": run_id, "params": params.model_dump(mode="json"), "dataset": dataset["spec"]["name"]}
+    bundle_metrics = metrics | {"slices": json.loads((paths.reports / "slices.json").read_text())}
+    train_X, _ = load_part(paths, "train", fs.columns)
+    write_bundle(root / "models" / "bundle", paths.model, data, train_X, holdout, plan.holdout_origin,
+                 bundle_metrics, lineage, input_schema(fs, key_types).to_json())
+    return f"{len(checks)} checks passed"
+
+
+def _rescored_champion(root: Path, params, data, holdout: pd.DataFrame, origin):
+    """(version, NWRMSLE, predictions) of the current champion on this run's holdout, or None."""
+    from cd4ml.bundle import scorer
+    from cd4ml.config import tracking_uri
+    from cd4ml.metrics import nwrmsle
+    from cd4ml.registry import CHAMPION, Registry, download_bundle
+    from cd4ml.scoring import Predictor, Scorer
+
+    registry = Registry(tracking_uri(root), params.registry.model_name)
+    version = registry.alias(CHAMPION)
+    if version is None:
+        return None
+    bundle = download_bundle(f"models:/{params.registry.model_name}/{version}", tracking_uri(root),
+                             root / ".cd4ml" / "champion")
+    champion = Scorer(Predictor.read(bundle), data, origin)
+    predictions = champion.predict(holdout[["date", *champion.spec.series_keys, *champion.spec.covariates]])
+    return version, nwrmsle(holdout["sales"], predictions, holdout["weight"]), predictions
+
+
+def register(root: Path) -> str:
+    """Publish the gated bundle: the first becomes champion, later ones challenger."""
+    from cd4ml import tracking
+    from cd4ml.config import tracking_uri
+    from cd4ml.registry import CHALLENGER, CHAMPION, Registry, log_bundle, signature
+
+    paths, params = Paths(root), load_params(Paths(root).params)
+    run_id = tracking.read_run(paths.run)["run_id"]
+    tracking.connect(root, params.tracking.experiment)
+    fs = feature_spec(paths)
+    history = pd.read_parquet(root / "models" / "bundle" / "series.parquet", columns=fs.series_keys)
+    key_types = {k: str(history[k].dtype) for k in fs.series_keys}
+    uri = log_bundle(run_id, root / "models" / "bundle", signature(key_types, fs.covariates))
+    registry = Registry(tracking_uri(root), params.registry.model_name)
+    metrics = json.loads((paths.reports / "metrics.json").read_text())["model"]
+    tags = {"gate": "passed", "run_id": run_id, **{f"holdout.{k}": f"{v:.4f}" for k, v in metrics.items()}}
+    version = registry.register(uri, run_id, tags)
+    alias = CHALLENGER if registry.alias(CHAMPION) else CHAMPION
+    registry.move(alias, version, "passed all gates in cd4ml run")
+    _json(root / "models" / "registered.json", {"name": params.registry.model_name, "version": version,
+                                                 "alias": alias, "model_uri": uri})
+    return f"{params.registry.model_name} v{version} → {alias}"
+
+
 STAGES = {"ingest": ingest, "validate": validate, "split": split, "featurize": featurize,
-          "train": train, "evaluate": evaluate}
+          "train": train, "evaluate": evaluate, "gate": gate, "register": register}

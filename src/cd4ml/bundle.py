@@ -1,0 +1,118 @@
+"""The model bundle: the contract between training and everything after it.
+
+    model.onnx, native/          the model, portable and native
+    feature_spec.json            how features are computed (categories, windows, horizon)
+    input_schema.json            pandera schema of the rows it scores
+    history/series/holidays      the data features are computed from (SeriesData)
+    reference_profile.json       training feature distribution (drift detection)
+    reference_sample.parquet     a sample of training features (drift reports)
+    holdout.parquet, metrics.json   holdout rows, predictions and metrics (for `verify`)
+    lineage.json                 data hash, params, git commit, dvc.lock hashes, run id
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cd4ml.features import FeatureSpec
+from cd4ml.scoring import Predictor, Scorer, SeriesData
+
+REFERENCE_ROWS = 20_000
+
+
+def history_span_days(fs: FeatureSpec) -> int:
+    """Days of history the series state looks back, so a bundle carries no more than needed."""
+    longest = max([*fs.windows, fs.season_length, *(w * 7 // fs.period_days for w in fs.weekday_weeks)])
+    return longest * fs.period_days
+
+
+def series_data(sales: pd.DataFrame, holidays: pd.DataFrame, fs: FeatureSpec, from_origin: date) -> SeriesData:
+    """Recent history (enough for the state at `from_origin` and later), attributes, holidays."""
+    start = pd.Timestamp(from_origin - timedelta(days=history_span_days(fs)))
+    recent = sales[pd.to_datetime(sales["date"]) > start]
+    history = recent[["date", *fs.series_keys, "sales", *fs.covariates]].reset_index(drop=True)
+    series = sales[[*fs.series_keys, *fs.attributes]].drop_duplicates(fs.series_keys).reset_index(drop=True)
+    return SeriesData(history, series, holidays)
+
+
+def reference_profile(X: pd.DataFrame) -> dict[str, Any]:
+    """Per feature: deciles, mean, sd, range — enough to compute drift without the raw data."""
+    profile = {}
+    for column in X.columns:
+        values = X[column].to_numpy(np.float64)
+        profile[column] = {
+            "mean": float(values.mean()), "std": float(values.std()),
+            "min": float(values.min()), "max": float(values.max()),
+            "deciles": np.quantile(values, np.linspace(0, 1, 11)).tolist(),
+        }
+    return {"rows": len(X), "features": profile}
+
+
+def write_bundle(
+    directory: Path,
+    model_dir: Path,
+    data: SeriesData,
+    train_features: pd.DataFrame,
+    holdout: pd.DataFrame,
+    holdout_origin: date,
+    metrics: dict[str, Any],
+    lineage: dict[str, Any],
+    input_schema_json: str,
+) -> Path:
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    shutil.copytree(model_dir, directory / "native", ignore=shutil.ignore_patterns("model.onnx", "feature_spec.json"))
+    shutil.copyfile(model_dir / "model.onnx", directory / "model.onnx")
+    shutil.copyfile(model_dir / "feature_spec.json", directory / "feature_spec.json")
+    (directory / "input_schema.json").write_text(input_schema_json)
+    data.write(directory)
+    sample = train_features.sample(min(REFERENCE_ROWS, len(train_features)), random_state=0)
+    sample.to_parquet(directory / "reference_sample.parquet", index=False)
+    (directory / "reference_profile.json").write_text(json.dumps(reference_profile(train_features)))
+    holdout.to_parquet(directory / "holdout.parquet", index=False)
+    (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (directory / "lineage.json").write_text(json.dumps(
+        lineage | {"holdout_origin": holdout_origin.isoformat()}, indent=2, default=str))
+    return directory
+
+
+def holdout_origin(directory: Path) -> date:
+    return date.fromisoformat(json.loads((directory / "lineage.json").read_text())["holdout_origin"])
+
+
+def scorer(directory: Path, origin: date | None = None) -> Scorer:
+    """A scorer for a bundle directory, forecasting from `origin` (default: its last actuals)."""
+    return Scorer(Predictor.read(directory), SeriesData.read(directory), origin)
+
+
+def recorded_metrics(directory: Path) -> dict[str, Any]:
+    return json.loads((directory / "metrics.json").read_text())
+
+
+def rescore_holdout(directory: Path) -> dict[str, float]:
+    """Re-score the bundled holdout through the serving path, from the bundle alone."""
+    from cd4ml.metrics import evaluate
+
+    holdout = pd.read_parquet(directory / "holdout.parquet")
+    score = scorer(directory, holdout_origin(directory))
+    rows = holdout[["date", *score.spec.series_keys, *score.spec.covariates]]
+    return evaluate(holdout["sales"], score.predict(rows), holdout["weight"])
+
+
+def verify(directory: Path, tolerance: float = 1e-9) -> list[tuple[str, float, float, bool]]:
+    """(metric, recorded, re-scored, matches) for every recorded holdout metric."""
+    recorded = recorded_metrics(directory)["model"]
+    rescored = rescore_holdout(directory)
+    return [
+        (name, recorded[name], rescored[name],
+         bool(np.isclose(recorded[name], rescored[name], rtol=tolerance, atol=tolerance, equal_nan=True)))
+        for name in recorded
+    ]

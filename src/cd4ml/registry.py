@@ -1,0 +1,223 @@
+"""The MLflow model registry as cd4ml uses it: bundles, aliases, and the alias history.
+
+MLflow keeps no history of alias moves, so every move (who, when, from, to, why) is also
+recorded as a run in a companion experiment `<model>.aliases` on the same tracking server:
+it works the same on a local SQLite store and on a remote MLflow server.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import importlib.metadata
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+RUNTIME_PACKAGES = ["pandas", "numpy", "pyarrow", "duckdb", "onnxruntime", "pydantic", "pandera",
+                    "lightgbm", "scikit-learn", "skops", "pyyaml", "mlflow"]
+
+
+class RegistryError(RuntimeError):
+    """A registry operation cannot be done; the message says why and what to do."""
+
+
+def pip_requirements() -> list[str]:
+    """Pinned from the running environment: MLflow must not infer them (slow, and guesses)."""
+    return [f"{name}=={importlib.metadata.version(name)}" for name in RUNTIME_PACKAGES]
+
+
+def client(tracking_uri: str):
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def signature(series_keys: dict[str, str], covariates: list[str]):
+    """Request rows in, one prediction per row out — so `mlflow models serve` checks inputs too."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    kinds = {k: "long" if dtype.startswith(("int", "uint")) else "string" for k, dtype in series_keys.items()}
+    inputs = [ColSpec("string", "date"), *(ColSpec(t, k) for k, t in kinds.items()),
+              *(ColSpec("double", c) for c in covariates)]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema([ColSpec("double", "prediction")]))
+
+
+def log_bundle(run_id: str, bundle_dir: Path, model_signature) -> str:
+    """Log the bundle as a pyfunc model in the run; returns its model URI."""
+    import mlflow
+
+    import cd4ml
+    from cd4ml import pyfunc_model
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=pyfunc_model.__file__,
+            artifacts={"bundle": str(bundle_dir)},
+            code_paths=[str(Path(cd4ml.__file__).parent)],
+            pip_requirements=pip_requirements(),
+            signature=model_signature,
+        )
+    return info.model_uri
+
+
+@dataclass
+class AliasMove:
+    alias: str
+    from_version: str | None
+    to_version: str | None
+    who: str
+    why: str
+    when: float
+
+
+class Registry:
+    """Versions and aliases of one registered model."""
+
+    def __init__(self, tracking_uri: str, name: str):
+        self.client, self.name = client(tracking_uri), name
+
+    def register(self, model_uri: str, run_id: str, tags: dict[str, str]) -> str:
+        import mlflow
+
+        version = mlflow.register_model(model_uri, self.name, tags=tags)
+        return str(version.version)
+
+    def alias(self, alias: str) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(self.name, alias).version)
+        except MlflowException:
+            return None
+
+    def aliases(self) -> dict[str, str]:
+        """alias → version for every alias of the model."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return {a: str(v) for a, v in self.client.get_registered_model(self.name).aliases.items()}
+        except MlflowException:
+            return {}
+
+    def versions(self) -> list[Any]:
+        found = self.client.search_model_versions(f"name = '{self.name}'")
+        return sorted(found, key=lambda v: int(v.version), reverse=True)
+
+    def move(self, alias: str, version: str | None, why: str, who: str | None = None) -> AliasMove:
+        """Point `alias` at `version` (None removes it) and record the move."""
+        previous = self.alias(alias)
+        if version is None:
+            if previous is not None:
+                self.client.delete_registered_model_alias(self.name, alias)
+        else:
+            self._check_version(version)
+            self.client.set_registered_model_alias(self.name, alias, version)
+        move = AliasMove(alias, previous, version, who or current_user(), why, time.time())
+        self._record(move)
+        return move
+
+    def _check_version(self, version: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_model_version(self.name, version)
+        except MlflowException as exc:
+            known = ", ".join(v.version for v in self.versions()) or "none"
+            raise RegistryError(f"{self.name} has no version {version} (versions: {known})") from exc
+
+    def _history_experiment(self) -> str:
+        name = f"{self.name}.aliases"
+        found = self.client.get_experiment_by_name(name)
+        return found.experiment_id if found else self.client.create_experiment(name)
+
+    def _record(self, move: AliasMove) -> None:
+        run = self.client.create_run(self._history_experiment(), start_time=int(move.when * 1000),
+                                     run_name=f"{move.alias}: {move.from_version} → {move.to_version}")
+        for key in ("alias", "from_version", "to_version", "who", "why"):
+            self.client.set_tag(run.info.run_id, key, str(getattr(move, key) or ""))
+        self.client.set_terminated(run.info.run_id)
+
+    def history(self, alias: str | None = None) -> list[AliasMove]:
+        """Alias moves, oldest first."""
+        found = self.client.get_experiment_by_name(f"{self.name}.aliases")
+        if not found:
+            return []
+        runs = self.client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"],
+                                       max_results=50_000)
+        moves = [
+            AliasMove(r.data.tags["alias"], r.data.tags["from_version"] or None,
+                      r.data.tags["to_version"] or None, r.data.tags["who"], r.data.tags["why"],
+                      r.info.start_time / 1000)
+            for r in runs
+        ]
+        return [m for m in moves if alias is None or m.alias == alias]
+
+    def promote(self, version: str, why: str, who: str | None = None) -> AliasMove:
+        move = self.move(CHAMPION, version, why, who)
+        if self.alias(CHALLENGER) == version:
+            self.move(CHALLENGER, None, f"promoted to {CHAMPION}", who)
+        return move
+
+    def rollback(self, why: str, who: str | None = None) -> AliasMove:
+        """Champion goes back to the version it replaced; repeated rollbacks walk further back."""
+        target = previous_champion(self.history(CHAMPION))
+        if target is None:
+            raise RegistryError(f"{self.name}: no earlier champion to roll back to")
+        return self.move(CHAMPION, target, f"rollback: {why}", who)
+
+
+def previous_champion(moves: list[AliasMove]) -> str | None:
+    """Replay champion moves as a stack: a promotion pushes, a rollback pops."""
+    stack: list[str] = []
+    for move in moves:
+        if move.why.startswith("rollback:"):
+            if stack:
+                stack.pop()
+        elif move.to_version is not None and (not stack or stack[-1] != move.to_version):
+            stack.append(move.to_version)
+    return stack[-2] if len(stack) >= 2 else None
+
+
+def current_user() -> str:
+    return os.environ.get("CD4ML_USER") or getpass.getuser()
+
+
+def download_bundle(model_uri: str, tracking_uri: str, into: Path) -> Path:
+    """Fetch a registered model (e.g. models:/sales-forecaster@champion) and return its bundle."""
+    import mlflow
+
+    client(tracking_uri)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    into.mkdir(parents=True, exist_ok=True)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(into)))
+    bundle = local / "artifacts" / "bundle"
+    if not bundle.is_dir():
+        raise RegistryError(f"{model_uri} is not a cd4ml bundle (no artifacts/bundle)")
+    return bundle
+
+
+def resolve_bundle(model: str, tracking_uri: str, cache: Path) -> Path:
+    """A bundle folder from a local path, or from a registry URI (models:/name@alias, runs:/...)."""
+    local = Path(model).expanduser()
+    if (local / "feature_spec.json").exists():
+        return local
+    if (local / "artifacts" / "bundle").is_dir():
+        return local / "artifacts" / "bundle"
+    if "://" not in model and ":/" not in model:
+        raise RegistryError(f"{model}: neither a bundle folder nor a model URI like models:/sales-forecaster@champion")
+    from mlflow.exceptions import MlflowException
+
+    folder = cache / hashlib.sha256(f"{tracking_uri}|{model}".encode()).hexdigest()[:16]
+    try:
+        return download_bundle(model, tracking_uri, folder)
+    except MlflowException as exc:
+        raise RegistryError(f"cannot load {model} from {tracking_uri}: {exc.message}") from exc

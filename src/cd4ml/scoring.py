@@ -1,0 +1,151 @@
+"""Scoring rows with a model bundle: the one serving path for batch prediction, `verify`,
+the gates' champion re-scoring and the gateway.
+
+Rows hold the series keys, the date and the known covariates. Their features come from
+`cd4ml.features` — the same definition training used — fed by the series history carried in
+the bundle (and, in the gateway, by actuals that arrive later).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+from functools import cached_property
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from cd4ml.features import FeatureSpec, holiday_counts, row_features, state_sql
+
+
+class InputError(ValueError):
+    """Rows that cannot be scored; each problem names the row, the field and the reason."""
+
+    def __init__(self, problems: list[tuple[int, str, str]], unit: str = "row"):
+        self.problems = problems
+        shown = "\n".join(f"  {unit} {r}: {f}: {why}" for r, f, why in problems[:5])
+        more = f"\n  … and {len(problems) - 5} more" if len(problems) > 5 else ""
+        super().__init__(f"{len(problems)} problem(s):\n{shown}{more}")
+
+
+@dataclass
+class SeriesData:
+    """What features are computed from: recent history, series attributes, holidays."""
+
+    history: pd.DataFrame  # date, series keys, sales, covariates
+    series: pd.DataFrame  # series keys + attributes
+    holidays: pd.DataFrame  # date, locale, name
+
+    @classmethod
+    def read(cls, directory: Path) -> SeriesData:
+        return cls(*(pd.read_parquet(directory / f"{n}.parquet") for n in ("history", "series", "holidays")))
+
+    def write(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in ("history", "series", "holidays"):
+            getattr(self, name).to_parquet(directory / f"{name}.parquet", index=False)
+
+    @property
+    def last_date(self) -> date:
+        return pd.Timestamp(self.history["date"].max()).date()
+
+
+@dataclass
+class Predictor:
+    """A model as the serving side sees it: its feature spec and its ONNX graph."""
+
+    spec: FeatureSpec
+    onnx: bytes
+
+    @classmethod
+    def read(cls, directory: Path) -> Predictor:
+        spec = FeatureSpec.model_validate_json((directory / "feature_spec.json").read_text())
+        return cls(spec, (directory / "model.onnx").read_bytes())
+
+    @cached_property
+    def session(self):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        return ort.InferenceSession(self.onnx, options, providers=["CPUExecutionProvider"])
+
+    def predict_features(self, X: pd.DataFrame) -> np.ndarray:
+        from cd4ml.models import onnx_predict
+
+        return onnx_predict(self.session, X)
+
+
+class Scorer:
+    """Validates rows, computes their features at a forecast origin and predicts sales."""
+
+    def __init__(self, predictor: Predictor, data: SeriesData, origin: date | None = None):
+        self.predictor, self.data = predictor, data
+        self.spec = predictor.spec
+        self.origin = origin or data.last_date
+        self.state = self._state()
+        self.attributes = data.series.set_index(self.spec.series_keys)
+        self.holidays = holiday_counts(data.holidays, self.spec)
+
+    def _state(self) -> pd.DataFrame:
+        con = duckdb.connect()
+        try:
+            con.register("history", self.data.history)
+            return con.execute(state_sql(self.spec, "history", self.origin)).df()
+        finally:
+            con.close()
+
+    @property
+    def last_servable(self) -> date:
+        return self.origin + timedelta(days=self.spec.horizon * self.spec.period_days)
+
+    def validate(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """Typed rows, or InputError naming every row, field and reason."""
+        spec = self.spec
+        problems: list[tuple[int, str, str]] = []
+        missing = [c for c in ["date", *spec.series_keys, *spec.covariates] if c not in rows.columns]
+        if missing:
+            raise InputError([(0, c, "missing column") for c in missing])
+        typed = rows.reset_index(drop=True).copy()
+        typed["date"] = pd.to_datetime(typed["date"], errors="coerce", format="ISO8601")
+        for r in np.flatnonzero(typed["date"].isna()):
+            problems.append((int(r), "date", "not a date (YYYY-MM-DD)"))
+        step = pd.Timedelta(days=spec.period_days)
+        first, last = pd.Timestamp(self.origin) + step, pd.Timestamp(self.last_servable)
+        outside = typed["date"].notna() & ((typed["date"] < first) | (typed["date"] > last))
+        for r in np.flatnonzero(outside):
+            problems.append((int(r), "date", f"{typed['date'][r].date()} outside the servable range "
+                             f"{first.date()}..{last.date()} (origin {self.origin}, horizon {spec.horizon})"))
+        for c in spec.covariates:
+            typed[c] = pd.to_numeric(typed[c].replace({True: 1, False: 0}), errors="coerce")
+            for r in np.flatnonzero(~np.isfinite(typed[c].to_numpy(dtype=np.float64, na_value=np.nan))):
+                problems.append((int(r), c, "not a finite number"))
+        for k in spec.series_keys:
+            kind = self.attributes.index.get_level_values(k).dtype
+            if kind.kind in "iu":
+                typed[k] = pd.to_numeric(typed[k], errors="coerce")
+                for r in np.flatnonzero(typed[k].isna()):
+                    problems.append((int(r), k, "not an integer"))
+        if not problems:
+            index = pd.MultiIndex.from_frame(typed[spec.series_keys].astype(self._key_types()))
+            unknown = ~index.isin(self.attributes.index)
+            for r in np.flatnonzero(unknown):
+                key = ", ".join(f"{k}={typed[k][r]}" for k in spec.series_keys)
+                problems.append((int(r), "/".join(spec.series_keys), f"unknown series ({key})"))
+        if problems:
+            raise InputError(problems)
+        return typed.astype(self._key_types())
+
+    def _key_types(self) -> dict[str, object]:
+        levels = self.attributes.index
+        return {k: levels.get_level_values(k).dtype for k in self.spec.series_keys}
+
+    def features(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """Features of validated rows (see `validate`)."""
+        targets = rows.join(self.attributes, on=self.spec.series_keys)
+        return row_features(targets, self.state, self.origin, self.holidays, self.spec)
+
+    def predict(self, rows: pd.DataFrame) -> np.ndarray:
+        return self.predictor.predict_features(self.features(self.validate(rows)))
