@@ -268,6 +268,26 @@ def predict(
 
 
 @app.command()
+def serve(
+    workdir: Path = WORKDIR,
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(5005),
+    workers: int = typer.Option(1, min=1, help="uvicorn worker processes."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Serve this bundle/URI instead of following the alias."),
+    poll: float = typer.Option(5.0, help="Seconds between registry alias checks (0: never)."),
+    prediction_log: str | None = typer.Option(None, help="sqlite:///path | postgresql://... | fluent://host:port/tag"),
+) -> None:
+    """Serve the registry's champion: /predict, the Sales forecast page on /, /metrics, hot reload."""
+    from cd4ml.serving.server import serve as run_server
+
+    env = {"CD4ML_WORKDIR": str(workdir.resolve()), "CD4ML_MODEL": model or "", "CD4ML_POLL_SECONDS": str(poll)}
+    if prediction_log:
+        env["CD4ML_PREDICTION_LOG"] = prediction_log
+    console.print(f"cd4ml gateway on [bold]http://{host}:{port}[/] (docs: /docs, metrics: /metrics)")
+    run_server(host, port, workers, env)
+
+
+@app.command()
 def ui(workdir: Path = WORKDIR, port: int = typer.Option(5000)) -> None:
     """Start the MLflow UI on the work directory's tracking store (127.0.0.1 only)."""
     import os

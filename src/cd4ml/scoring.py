@@ -149,3 +149,35 @@ class Scorer:
 
     def predict(self, rows: pd.DataFrame) -> np.ndarray:
         return self.predictor.predict_features(self.features(self.validate(rows)))
+
+
+class FeatureTable:
+    """Features of every servable (series, date), computed once with `row_features` at load.
+
+    A request then only gathers its rows and writes its own covariates: the per-request cost is
+    a dict lookup per row, with features identical to `Scorer.features` for the same rows.
+    """
+
+    def __init__(self, scorer: Scorer):
+        spec = scorer.spec
+        series = scorer.attributes.index.to_frame(index=False)
+        step = pd.Timedelta(days=spec.period_days)
+        dates = pd.date_range(pd.Timestamp(scorer.origin) + step, pd.Timestamp(scorer.last_servable), freq=step)
+        grid = series.merge(pd.DataFrame({"date": dates}), how="cross")
+        for c in spec.covariates:
+            grid[c] = 0.0
+        self.matrix = np.ascontiguousarray(scorer.features(grid).to_numpy(np.float32))
+        keys = [grid[k].tolist() for k in spec.series_keys]
+        ordinals = [d.toordinal() for d in grid["date"].dt.date]
+        self.index = {(*key, day): i for i, (*key, day) in enumerate(zip(*keys, ordinals, strict=True))}
+        self.covariate_columns = [spec.columns.index(c) for c in spec.covariates]
+
+    def row(self, key: tuple, day: date) -> int | None:
+        return self.index.get((*key, day.toordinal()))
+
+    def gather(self, positions: list[int], covariates: np.ndarray) -> np.ndarray:
+        """Feature rows for table positions, with each row's covariates (rows × covariates)."""
+        X = self.matrix[positions]
+        if self.covariate_columns:
+            X[:, self.covariate_columns] = covariates
+        return X

@@ -1,0 +1,109 @@
+"""Where prediction records go: SQLite (default), PostgreSQL, or Fluentd's forward protocol.
+
+A record is one request: id, time, model name and version, arm, the input rows, the
+predictions, contributions when computed, and latency. Rows and predictions are stored as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+COLUMNS = ["request_id", "ts", "model_name", "model_version", "arm", "rows", "predictions",
+           "contributions", "latency_ms"]
+JSON_COLUMNS = {"rows", "predictions", "contributions"}
+
+
+class Sink(Protocol):
+    def write(self, records: list[dict[str, Any]]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _values(record: dict[str, Any]) -> tuple:
+    return tuple(json.dumps(record.get(c)) if c in JSON_COLUMNS else record.get(c) for c in COLUMNS)
+
+
+class SQLiteSink:
+    """A WAL-mode SQLite file: several gateway workers can append to it concurrently."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, check_same_thread=False, timeout=30)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS predictions (request_id TEXT, ts REAL, model_name TEXT, "
+            "model_version TEXT, arm TEXT, rows TEXT, predictions TEXT, contributions TEXT, latency_ms REAL)"
+        )
+        self.db.execute("CREATE INDEX IF NOT EXISTS predictions_request ON predictions (request_id)")
+        self.db.commit()
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        with self.db:
+            self.db.executemany(f"INSERT INTO predictions VALUES ({', '.join('?' * len(COLUMNS))})",
+                                [_values(r) for r in records])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class PostgresSink:
+    """A PostgreSQL table, for several gateway replicas and for monitoring at scale."""
+
+    def __init__(self, url: str):
+        import psycopg2
+
+        self.db = psycopg2.connect(url)
+        with self.db, self.db.cursor() as cur:
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS predictions (request_id TEXT, ts DOUBLE PRECISION, model_name TEXT, "
+                "model_version TEXT, arm TEXT, rows JSONB, predictions JSONB, contributions JSONB, "
+                "latency_ms DOUBLE PRECISION)"
+            )
+            cur.execute("CREATE INDEX IF NOT EXISTS predictions_request ON predictions (request_id)")
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        from psycopg2.extras import execute_values
+
+        with self.db, self.db.cursor() as cur:
+            execute_values(cur, f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES %s",
+                           [_values(r) for r in records])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class FluentSink:
+    """Fluentd forward protocol (the EFK stack of the CD4ML reference): one event per record."""
+
+    def __init__(self, host: str, port: int, tag: str):
+        from fluent import sender
+
+        self.sender = sender.FluentSender(tag, host=host, port=port, timeout=5.0)
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            if not self.sender.emit_with_time("prediction", record["ts"], record):
+                error = self.sender.last_error
+                self.sender.clear_last_error()
+                raise ConnectionError(f"fluentd forward failed: {error}")
+
+    def close(self) -> None:
+        self.sender.close()
+
+
+def open_sink(url: str) -> Sink:
+    """sqlite:///path, postgresql://user@host/db, or fluent://host:port/tag."""
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        return SQLiteSink(Path(url.removeprefix("sqlite:///")))
+    if parsed.scheme in {"postgresql", "postgres"}:
+        return PostgresSink(url)
+    if parsed.scheme == "fluent":
+        return FluentSink(parsed.hostname or "127.0.0.1", parsed.port or 24224, parsed.path.strip("/") or "cd4ml")
+    raise ValueError(f"prediction log {url!r}: use sqlite:///path, postgresql://... or fluent://host:port/tag")

@@ -1,0 +1,1 @@
+"""The serving gateway: app factory, model handles with hot reload, the web page."""

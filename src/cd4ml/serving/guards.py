@@ -1,0 +1,57 @@
+"""ASGI middleware: body size limit (413) and request metrics, without Starlette's slower
+BaseHTTPMiddleware on the hot path."""
+
+from __future__ import annotations
+
+import time
+
+from cd4ml.serving.telemetry import Telemetry
+
+TOO_LARGE = b'{"detail":[{"loc":["body"],"msg":"request body larger than the limit","type":"too_large"}]}'
+
+
+class Guard:
+    def __init__(self, app, max_body_bytes: int, telemetry: Telemetry):
+        self.app, self.limit, self.telemetry = app, max_body_bytes, telemetry
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = {"code": 500}
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await self._reject(send)
+            self.telemetry.observe(scope["path"], 413, time.perf_counter() - started)
+            return
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise BodyTooLarge
+            return message
+
+        async def tracking_send(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            await self._reject(send)
+            status["code"] = 413
+        self.telemetry.observe(scope["path"], status["code"], time.perf_counter() - started)
+
+    @staticmethod
+    async def _reject(send) -> None:
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": TOO_LARGE})
+
+
+class BodyTooLarge(Exception):
+    pass

@@ -1,0 +1,42 @@
+"""Gateway settings: one object, from arguments and CD4ML_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+
+class GatewaySettings(BaseModel):
+    workdir: Path = Path(".")
+    model_name: str = "sales-forecaster"
+    alias: str = "champion"
+    model: str | None = None  # a fixed bundle folder or model URI instead of the alias
+    tracking_uri: str | None = None  # default: the work directory's store
+    poll_seconds: float = Field(5.0, ge=0)  # 0 disables watching the alias
+    admin_token: str | None = None
+    max_rows: int = Field(10_000, ge=1)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    prediction_log: str | None = None  # sqlite:///path | postgresql://... | fluent://host:port/tag | none
+    log_queue_size: int = Field(10_000, ge=1)
+    top_contributions: int = Field(6, ge=1)
+
+    @classmethod
+    def from_env(cls, **overrides) -> GatewaySettings:
+        env = {
+            "admin_token": os.environ.get("CD4ML_ADMIN_TOKEN"),
+            "prediction_log": os.environ.get("CD4ML_PREDICTION_LOG"),
+            "tracking_uri": os.environ.get("CD4ML_TRACKING_URI"),
+        }
+        if "CD4ML_POLL_SECONDS" in os.environ:
+            env["poll_seconds"] = float(os.environ["CD4ML_POLL_SECONDS"])
+        return cls(**{k: v for k, v in env.items() if v is not None} | {k: v for k, v in overrides.items() if v is not None})
+
+    def resolved_tracking_uri(self) -> str:
+        from cd4ml.config import tracking_uri
+
+        return self.tracking_uri or tracking_uri(self.workdir.resolve())
+
+    def resolved_log(self) -> str:
+        return self.prediction_log or f"sqlite:///{(self.workdir / 'predictions.db').resolve()}"
