@@ -17,6 +17,8 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/cd4ml run --workdir $(WORKDIR)
+	@echo "Sales forecast page and API: http://127.0.0.1:5005  (Ctrl-C stops the gateway)"
+	$(BIN)/cd4ml serve --workdir $(WORKDIR) --port 5005
 
 test: $(STAMP)
 	$(BIN)/pytest -n 2 --dist loadgroup
