@@ -14,6 +14,10 @@ app = typer.Typer(help="Continuous Delivery for Machine Learning: sales forecast
                   no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Sample data and data sources.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+release_app = typer.Typer(help="Release strategies: which models serve and how traffic is shared.", no_args_is_help=True)
+app.add_typer(release_app, name="release")
+ab_app = typer.Typer(help="A/B tests.", no_args_is_help=True)
+app.add_typer(ab_app, name="ab")
 console = Console()
 errors = Console(stderr=True)
 
@@ -173,6 +177,8 @@ def models(workdir: Path = WORKDIR, history: bool = typer.Option(False, "--histo
     """List registered versions with aliases, key metrics, gate result and creation time."""
     from datetime import datetime
 
+    from rich.markup import escape
+
     registry = _registry(workdir)
     if history:
         table = Table(title=f"{registry.name}: alias history")
@@ -180,7 +186,7 @@ def models(workdir: Path = WORKDIR, history: bool = typer.Option(False, "--histo
             table.add_column(column)
         for m in registry.history():
             table.add_row(datetime.fromtimestamp(m.when).isoformat(" ", "seconds"), m.alias,
-                          m.from_version or "-", m.to_version or "-", m.who, m.why)
+                          escape(m.from_version or "-"), escape(m.to_version or "-"), m.who, escape(m.why))
         console.print(table)
         return
     table = Table(title=f"{registry.name}: versions")
@@ -200,8 +206,10 @@ def promote(version: str, workdir: Path = WORKDIR, reason: str = REASON) -> None
     """Make VERSION the champion (the old champion is remembered for rollback)."""
     from cd4ml.registry import RegistryError
 
+    from cd4ml.release import promote as promote_version
+
     try:
-        move = _registry(workdir).promote(version, reason or "promoted by hand")
+        move = promote_version(workdir.resolve(), _registry(workdir), version, reason or "promoted by hand")
     except RegistryError as exc:
         fail(str(exc), 2)
     console.print(f"champion: v{move.from_version or '-'} → v{move.to_version}")
@@ -285,6 +293,104 @@ def serve(
         env["CD4ML_PREDICTION_LOG"] = prediction_log
     console.print(f"cd4ml gateway on [bold]http://{host}:{port}[/] (docs: /docs, metrics: /metrics)")
     run_server(host, port, workers, env)
+
+
+@release_app.command("show")
+def release_show(workdir: Path = WORKDIR) -> None:
+    """Show the routing running gateways follow."""
+    from cd4ml.release import describe, routing_path
+    from cd4ml.serving.routing import load_routing
+
+    console.print(describe(load_routing(routing_path(workdir.resolve()))), markup=False)
+
+
+@release_app.command("set")
+def release_set(
+    strategy: str = typer.Argument(..., help="single | multiple | shadow | canary | ab | bandit"),
+    arm: list[str] = typer.Option([], "--arm", help="ARM=ALIAS_OR_VERSION, e.g. challenger=challenger or candidate=7."),
+    share: float | None = typer.Option(None, help="canary: share of traffic for the challenger (0..1)."),
+    shares: list[str] = typer.Option([], "--shares", help="ab: ARM=SHARE for each arm."),
+    policy: str | None = typer.Option(None, help="bandit: epsilon_greedy | thompson | ucb1."),
+    segment: str | None = typer.Option(None, help="multiple: COLUMN:VALUE=ARM,VALUE=ARM (others → champion)."),
+    sticky_by: str | None = typer.Option(None, help="header (X-Client-Id) | series"),
+    workdir: Path = WORKDIR,
+    reason: str = REASON,
+) -> None:
+    """Change the release strategy; gateways apply it within one poll interval."""
+    from pydantic import ValidationError
+
+    from cd4ml.release import change_routing, describe, routing_path
+    from cd4ml.serving.routing import Routing, load_routing
+
+    current = load_routing(routing_path(workdir.resolve())).model_dump()
+    update: dict = {"strategy": strategy}
+    if arm:
+        update["arms"] = {"champion": "champion"} | dict(a.split("=", 1) for a in arm)
+    elif strategy != "single" and len(current["arms"]) < 2:
+        update["arms"] = {"champion": "champion", "challenger": "challenger"}
+    if share is not None:
+        update["share"] = share
+    if shares:
+        update["shares"] = {a: float(v) for a, v in (s.split("=", 1) for s in shares)}
+    if policy:
+        update["bandit"] = current["bandit"] | {"policy": policy}
+    if sticky_by:
+        update["sticky_by"] = sticky_by
+    if segment:
+        column, _, routes = segment.partition(":")
+        update["segment"] = {"column": column, "arms": dict(r.split("=", 1) for r in routes.split(",") if r)}
+    try:
+        routing = Routing.model_validate(current | update)
+    except (ValidationError, ValueError) as exc:
+        fail(f"invalid routing: {exc}", 2)
+    move = change_routing(workdir.resolve(), _registry(workdir), routing, reason or "changed by hand")
+    console.print(f"routing: {move.from_version} → {move.to_version}", markup=False)
+
+
+@ab_app.command("report")
+def ab_report(workdir: Path = WORKDIR, min_rows: int = typer.Option(100, help="Rows with actuals each arm needs.")) -> None:
+    """Per-arm sample sizes, errors with 95% intervals, a significance test and a verdict."""
+    from cd4ml.monitoring.abtest import report
+    from cd4ml.monitoring.feedback import FeedbackStore
+    from cd4ml.serving.settings import GatewaySettings
+
+    settings = GatewaySettings.from_env(workdir=workdir.resolve())
+    decision = report(FeedbackStore(settings.resolved_feedback()).all(), min_rows)
+    table = Table(title="A/B report")
+    for column in ("arm", "requests", "rows with actuals", "RMSLE", "mean sq. log error (95% CI)", "mean reward"):
+        table.add_column(column)
+    for a in decision.arms:
+        table.add_row(a.arm, str(a.requests), str(a.rows), f"{a.rmsle:.4f}",
+                      f"{a.mean_squared_log_error:.4f} ({a.ci95[0]:.4f}..{a.ci95[1]:.4f})",
+                      "-" if a.mean_reward is None else f"{a.mean_reward:.3f} (n={a.rewards})")
+    console.print(table)
+    console.print(("p = %.4f · " % decision.p_value if decision.p_value is not None else "") + decision.verdict)
+
+
+@app.command()
+def actuals(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV: series keys, date and the observed target."),
+    target: str = typer.Option("sales", help="Column holding observed sales."),
+    workdir: Path = WORKDIR,
+) -> None:
+    """Ingest observed sales in bulk and join them to logged predictions."""
+    import json
+
+    from cd4ml.monitoring.actuals import ingest_actuals
+    from cd4ml.monitoring.feedback import FeedbackStore
+    from cd4ml.serving.settings import GatewaySettings
+
+    settings = GatewaySettings.from_env(workdir=workdir.resolve())
+    spec_file = workdir.resolve() / "data" / "features" / "feature_spec.json"
+    keys = json.loads(spec_file.read_text())["series_keys"] if spec_file.exists() else ["store_nbr", "item_nbr"]
+    log = settings.resolved_log()
+    log_db = Path(log.removeprefix("sqlite:///")) if log.startswith("sqlite:") else None
+    try:
+        result = ingest_actuals(file, keys, target, FeedbackStore(settings.resolved_feedback()), log_db)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    console.print(f"{result.rows:,} rows: {result.new:,} new, {result.duplicates:,} already known; "
+                  f"{result.requests_joined:,} logged requests now have actuals")
 
 
 @app.command()

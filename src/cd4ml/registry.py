@@ -121,7 +121,11 @@ class Registry:
         else:
             self._check_version(version)
             self.client.set_registered_model_alias(self.name, alias, version)
-        move = AliasMove(alias, previous, version, who or current_user(), why, time.time())
+        return self.record(alias, previous, version, why, who)
+
+    def record(self, alias: str, before: str | None, after: str | None, why: str, who: str | None = None) -> AliasMove:
+        """Add one entry to the history (aliases, and routing changes under the name 'routing')."""
+        move = AliasMove(alias, before, after, who or current_user(), why, time.time())
         self._record(move)
         return move
 

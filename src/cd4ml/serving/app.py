@@ -1,43 +1,29 @@
 """The gateway's app factory: `create_app(settings)` builds an isolated, fully wired gateway."""
 
-
+import asyncio
 import secrets
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
-from fastapi import Depends, FastAPI, Header, HTTPException, Query
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import ORJSONResponse, Response
-from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
 
+from cd4ml.monitoring.feedback import DuplicateFeedback, FeedbackStore, Served, ServedIndex
 from cd4ml.monitoring.predictionlog import PredictionLogger
+from cd4ml.serving.arms import Arms, registry_handle
 from cd4ml.serving.guards import Guard
-from cd4ml.serving.models import LoadedModel, ModelHandle
-from cd4ml.serving.requests import PredictResponse, request_models
+from cd4ml.serving.models import LoadedModel
+from cd4ml.serving.requests import FeedbackRequest, PredictResponse, request_models
+from cd4ml.serving.routing import CHAMPION_ARM, Routing, load_routing, save_routing
 from cd4ml.serving.settings import GatewaySettings
 from cd4ml.serving.telemetry import Telemetry
-
-
-def registry_handle(settings: GatewaySettings) -> ModelHandle:
-    """A handle following `settings.alias` in the registry (or pinned to `settings.model`)."""
-    from cd4ml.config import Paths
-    from cd4ml.registry import Registry, RegistryError, resolve_bundle
-
-    uri_of_store = settings.resolved_tracking_uri()
-    cache = Paths(settings.workdir.resolve()).cache / "models"
-
-    def resolve() -> tuple[str, str, str]:
-        if settings.model:
-            return settings.model, settings.model_name, settings.model
-        version = Registry(uri_of_store, settings.model_name).alias(settings.alias)
-        if version is None:
-            raise RegistryError(f"{settings.model_name} has no '{settings.alias}' alias yet: run `cd4ml run` first")
-        return f"models:/{settings.model_name}/{version}", settings.model_name, version
-
-    return ModelHandle(resolve, lambda uri: resolve_bundle(uri, uri_of_store, cache), settings.poll_seconds)
 
 
 def _key_kinds(model: LoadedModel) -> dict[str, type]:
@@ -47,7 +33,7 @@ def _key_kinds(model: LoadedModel) -> dict[str, type]:
 
 def _problem(model: LoadedModel, i: int, key: tuple, day) -> dict:
     """Why a row is not servable: which key is unknown, or the date's range."""
-    spec, table = model.spec, model.table
+    spec = model.spec
     known = model.scorer.attributes.index
     if key not in known:
         unknown = [k for n, k in enumerate(spec.series_keys) if key[n] not in known.get_level_values(k)]
@@ -61,27 +47,81 @@ def _problem(model: LoadedModel, i: int, key: tuple, day) -> dict:
                    + (" (weekly data: dates fall on one weekday)" if spec.period_days > 1 else "")}
 
 
-def create_app(settings: GatewaySettings, handle: ModelHandle | None = None) -> FastAPI:
+def score(model: LoadedModel, rows: list, explain: bool, top: int) -> tuple[list[float], list | None]:
+    """Predictions (and contributions) for validated rows; RequestValidationError names bad rows."""
+    spec, table = model.spec, model.table
+    positions, problems = [], []
+    for i, row in rows:
+        key = tuple(getattr(row, k) for k in spec.series_keys)
+        position = table.row(key, row.date)
+        if position is None:
+            problems.append(_problem(model, i, key, row.date))
+        positions.append(position)
+    if problems:
+        raise RequestValidationError(problems)
+    covariates = np.array([[getattr(r, c) for c in spec.covariates] for _, r in rows], dtype=np.float32)
+    X = table.gather(positions, covariates)
+    values = model.predict(X).tolist()
+    return values, _top_contributions(model, X, top) if explain else None
+
+
+def _top_contributions(model: LoadedModel, X: np.ndarray, top: int) -> list[list[dict]] | None:
+    raw = model.contributions(X)
+    if raw is None:
+        return None
+    names = model.spec.columns
+    result = []
+    for row in raw:
+        order = np.argsort(-np.abs(row[:-1]))[:top]
+        shown = [{"feature": names[j], "value": float(row[j])} for j in order]
+        if len(order) < len(names):  # the rest in one entry, so the entries add up to log1p(prediction)
+            shown.append({"feature": "(other features)", "value": float(row[:-1].sum() - row[order].sum())})
+        result.append([*shown, {"feature": "(base value)", "value": float(row[-1])}])
+    return result
+
+
+def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAPI:
     telemetry = Telemetry()
-    handle = handle or registry_handle(settings)
-    changed, message = handle.reload()
-    if handle.current is None:
-        raise RuntimeError(f"no model to serve: {message}")
-    Row, PredictRequest = request_models(handle.current.spec, _key_kinds(handle.current), settings.max_rows)
-    state: dict[str, PredictionLogger] = {}
+    routing_file = settings.resolved_routing_file()
+    arms = Arms(settings, load_routing(routing_file), make_handle)
+    champion = arms.champion.current
+    Row, PredictRequest = request_models(champion.spec, _key_kinds(champion), settings.max_rows)
+    served = ServedIndex()
+    state: dict = {}
+    shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
+    pending_shadows = {"count": 0}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state["log"] = PredictionLogger.from_url(settings.resolved_log(), settings.log_queue_size,
                                                  on_drop=telemetry.log_dropped.inc)
-        handle.start_watching()
+        state["feedback"] = FeedbackStore(settings.resolved_feedback())
+        watcher = asyncio.create_task(watch_routing()) if settings.poll_seconds > 0 else None
         yield
-        handle.stop()
+        if watcher:
+            watcher.cancel()
+        arms.stop()
+        shadow_pool.shutdown(wait=True)
         state.pop("log").close()
 
+    async def watch_routing() -> None:
+        """Apply edits of routing.yaml (e.g. by `cd4ml release`) within one poll interval."""
+        seen = routing_file.stat().st_mtime_ns if routing_file.exists() else 0
+        while True:
+            await asyncio.sleep(settings.poll_seconds)
+            stamp = routing_file.stat().st_mtime_ns if routing_file.exists() else 0
+            if stamp != seen:
+                seen = stamp
+                try:
+                    await run_in_threadpool(arms.apply, load_routing(routing_file))
+                except (ValueError, OSError) as exc:
+                    telemetry.routing_errors.inc()
+                    arms.routing_error = str(exc)
+
     app = FastAPI(title="cd4ml gateway", version="1", lifespan=lifespan, default_response_class=ORJSONResponse,
-                  description="Sales forecasts from the registry's champion, with hot reload and a prediction log.")
-    app.state.handle, app.state.telemetry, app.state.settings = handle, telemetry, settings
+                  description="Sales forecasts from the registry, with release strategies, hot reload, "
+                              "feedback and a prediction log.")
+    app.state.arms, app.state.telemetry, app.state.settings = arms, telemetry, settings
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request, exc: RequestValidationError):
@@ -97,36 +137,89 @@ def create_app(settings: GatewaySettings, handle: ModelHandle | None = None) -> 
             raise HTTPException(401, "admin endpoints need 'Authorization: Bearer <CD4ML_ADMIN_TOKEN>'",
                                 headers={"WWW-Authenticate": "Bearer"})
 
-    @app.post("/predict", response_model=PredictResponse, responses={413: {"description": "body too large"}})
-    async def predict(request: PredictRequest, explain: bool = Query(False, description="add top feature contributions")):
-        started = time.perf_counter()
-        model = handle.current  # read once: this request finishes on this model
-        spec, table = model.spec, model.table
-        positions, problems = [], []
-        for i, row in enumerate(request.rows):
-            key = tuple(getattr(row, k) for k in spec.series_keys)
-            position = table.row(key, row.date)
-            if position is None:
-                problems.append(_problem(model, i, key, row.date))
-            positions.append(position)
-        if problems:
-            raise RequestValidationError(problems)
-        covariates = np.array([[getattr(r, c) for c in spec.covariates] for r in request.rows], dtype=np.float32)
-        X = table.gather(positions, covariates)
-        values = model.predict(X).tolist()
-        contributions = _top_contributions(model, X, settings.top_contributions) if explain else None
-        request_id = uuid.uuid4().hex
-        predictions = [{"prediction": v} for v in values] if contributions is None else [
-            {"prediction": v, "contributions": c} for v, c in zip(values, contributions, strict=True)]
-        latency = (time.perf_counter() - started) * 1000
+    def log(request_id: str, arm: str, model: LoadedModel, rows, values, contributions, started: float) -> None:
         state["log"].log({
             "request_id": request_id, "ts": time.time(), "model_name": model.name, "model_version": model.version,
-            "arm": "champion", "rows": [r.model_dump(mode="json") for r in request.rows], "predictions": values,
-            "contributions": contributions, "latency_ms": latency,
+            "arm": arm, "rows": [r.model_dump(mode="json") for _, r in rows], "predictions": values,
+            "contributions": contributions, "latency_ms": (time.perf_counter() - started) * 1000,
         })
-        telemetry.predictions.labels(model.version).inc(len(values))
-        return ORJSONResponse({"request_id": request_id, "model": {"name": model.name, "version": model.version},
-                               "predictions": predictions})
+
+    def shadow(request_id: str, arm: str, rows) -> None:
+        started = time.perf_counter()
+        try:
+            model = arms.handles[arm].current
+            values, _ = score(model, rows, False, settings.top_contributions)
+            log(request_id, f"shadow:{arm}", model, rows, values, None, started)
+        except Exception:  # a shadow never affects the response, but its failures are counted
+            telemetry.shadow_failures.inc()
+        finally:
+            pending_shadows["count"] -= 1
+
+    @app.post("/predict", response_model=PredictResponse, responses={413: {"description": "body too large"}})
+    async def predict(request: PredictRequest, explain: bool = Query(False, description="add top feature contributions"),
+                      x_client_id: str | None = Header(None, description="sticky assignment key for canary/A-B")):
+        started = time.perf_counter()
+        rows = list(enumerate(request.rows))
+        routing = arms.routing
+        request_id = uuid.uuid4().hex
+        if routing.strategy == "multiple":
+            groups: dict[str, list] = {}
+            base = arms.champion.current
+            for i, row in rows:
+                groups.setdefault(arms.segment_arm(base, tuple(getattr(row, k) for k in base.spec.series_keys)), []).append((i, row))
+        else:
+            first = rows[0][1]
+            sticky = x_client_id if (x_client_id and routing.sticky_by == "header") else "|".join(
+                str(getattr(first, k)) for k in arms.champion.current.spec.series_keys)
+            groups = {arms.primary(sticky): rows}
+        predictions: list[dict] = [{} for _ in rows]
+        answered = []
+        for arm, members in groups.items():
+            model = arms.handles[arm].current  # read once: this request finishes on this model
+            values, contributions = score(model, members, explain, settings.top_contributions)
+            for n, (i, _) in enumerate(members):
+                predictions[i] = {"prediction": values[n], "arm": arm, "version": model.version}
+                if contributions is not None:
+                    predictions[i]["contributions"] = contributions[n]
+            log(request_id, arm, model, members, values, contributions, started)
+            served.remember(request_id, Served(arm, model.version, values, [r.model_dump(mode="json") for _, r in members]))
+            telemetry.predictions.labels(arm, model.version).inc(len(values))
+            answered.append((arm, model))
+        for arm in arms.shadows(answered[0][0]):
+            if pending_shadows["count"] >= settings.shadow_queue:
+                telemetry.shadow_skipped.inc()
+                continue
+            pending_shadows["count"] += 1
+            asyncio.get_running_loop().run_in_executor(shadow_pool, shadow, request_id, arm, rows)
+        arm, model = answered[0]
+        return ORJSONResponse({"request_id": request_id, "arm": arm,
+                               "model": {"name": model.name, "version": model.version}, "predictions": predictions})
+
+    @app.post("/feedback")
+    async def feedback(body: FeedbackRequest):
+        """Observed sales (`actual`) and/or a user reward in [0, 1] for a served request."""
+        known = served.get(body.request_id)
+        if known is None:
+            raise HTTPException(404, f"unknown request_id {body.request_id}: not served by this gateway recently")
+        recorded = []
+        try:
+            if body.actual is not None:
+                actual = body.actual if isinstance(body.actual, list) else [body.actual]
+                if len(actual) != len(known.predictions):
+                    raise RequestValidationError([{"loc": ["body", "actual"], "type": "length",
+                                                   "msg": f"expected {len(known.predictions)} actual(s), one per row"}])
+                state["feedback"].record(body.request_id, "actual", actual, known)
+                recorded.append("actual")
+            if body.reward is not None:
+                state["feedback"].record(body.request_id, "reward", body.reward, known)
+                recorded.append("reward")
+                if arms.routing.strategy == "bandit":
+                    arms.bandit().reward(known.arm, body.reward)
+        except DuplicateFeedback as exc:
+            raise HTTPException(409, str(exc)) from None
+        telemetry.feedback.labels(known.arm).inc()
+        return {"request_id": body.request_id, "arm": known.arm, "model_version": known.model_version,
+                "recorded": recorded}
 
     @app.get("/health")
     async def health():
@@ -134,45 +227,55 @@ def create_app(settings: GatewaySettings, handle: ModelHandle | None = None) -> 
 
     @app.get("/ready")
     async def ready():
-        if handle.current is None:
-            return ORJSONResponse({"ready": False, "error": handle.last_error}, status_code=503)
-        return {"ready": True, "model": handle.describe(), "last_reload_error": handle.last_error}
+        missing = [arm for arm, h in arms.handles.items() if h.current is None]
+        if missing:
+            return ORJSONResponse({"ready": False, "missing": missing}, status_code=503)
+        return {"ready": True, "arms": arms.live(),
+                "last_reload_errors": {a: h.last_error for a, h in arms.handles.items() if h.last_error}}
 
     @app.get("/version")
     async def version():
+        handle = arms.champion
         model = handle.current
         return {"name": model.name, "version": model.version, "uri": model.uri, "loaded_at": model.loaded_at,
                 "origin": model.scorer.origin.isoformat(), "servable_until": model.scorer.last_servable.isoformat(),
-                "reloads": handle.reloads, "last_reload_error": handle.last_error}
+                "reloads": handle.reloads, "last_reload_error": handle.last_error,
+                "strategy": arms.routing.strategy, "arms": arms.live()}
 
     @app.get("/metrics")
     async def metrics():
         depth = state["log"].depth if "log" in state else 0
-        return Response(telemetry.render(handle, depth), media_type="text/plain; version=0.0.4")
+        return Response(telemetry.render(arms, depth), media_type="text/plain; version=0.0.4")
 
     @app.post("/admin/reload", dependencies=[Depends(require_admin)])
     async def reload():
-        changed, message = await run_in_threadpool(handle.reload)
-        return {"changed": changed, "message": message, "live": handle.describe()}
+        results = {arm: await run_in_threadpool(h.reload) for arm, h in arms.handles.items()}
+        return {"changed": any(c for c, _ in results.values()),
+                "message": "; ".join(f"{a}: {m}" for a, (_, m) in results.items()),
+                "live": arms.champion.describe(), "arms": arms.live()}
+
+    @app.get("/admin/routing", dependencies=[Depends(require_admin)])
+    async def get_routing():
+        return arms.routing.model_dump(mode="json")
+
+    @app.put("/admin/routing", dependencies=[Depends(require_admin)])
+    async def put_routing(request: Request):
+        try:
+            routing = Routing.model_validate(await request.json())
+        except (ValidationError, ValueError) as exc:
+            raise HTTPException(422, f"invalid routing: {exc}") from None
+        try:
+            live = await run_in_threadpool(arms.apply, routing)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        save_routing(routing_file, routing)
+        return {"strategy": routing.strategy, "arms": live}
 
     from cd4ml.serving.web import add_web
 
-    add_web(app, handle)
+    add_web(app, arms)
     app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes, telemetry=telemetry)
     return app
-
-
-def _top_contributions(model: LoadedModel, X: np.ndarray, top: int) -> list[list[dict]] | None:
-    raw = model.contributions(X)
-    if raw is None:
-        return None
-    names = model.spec.columns
-    result = []
-    for row in raw:
-        order = np.argsort(-np.abs(row[:-1]))[:top]
-        result.append([{"feature": names[j], "value": round(float(row[j]), 5)} for j in order]
-                      + [{"feature": "(base value)", "value": round(float(row[-1]), 5)}])
-    return result
 
 
 def app_from_env() -> FastAPI:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+from starlette.exceptions import HTTPException
+
 from cd4ml.serving.telemetry import Telemetry
 
 TOO_LARGE = b'{"detail":[{"loc":["body"],"msg":"request body larger than the limit","type":"too_large"}]}'
@@ -53,5 +55,10 @@ class Guard:
         await send({"type": "http.response.body", "body": TOO_LARGE})
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """A streamed body went past the limit. An HTTPException, because FastAPI turns any other
+    error raised while it reads the body into a 400 "error parsing the body"."""
+
+    def __init__(self):
+        super().__init__(413, detail=[{"loc": ["body"], "msg": "request body larger than the limit",
+                                       "type": "too_large"}])

@@ -80,6 +80,7 @@ class ModelHandle:
         self._resolve = resolve  # () -> (uri, name, version) the alias points at now
         self._fetch = fetch  # uri -> local bundle folder
         self.poll_seconds = poll_seconds
+        self.target = ""  # the alias or version this handle follows
         self.current: LoadedModel | None = None
         self.last_error: str | None = None
         self.reloads = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from cd4ml.features import FeatureSpec
 
@@ -14,7 +14,9 @@ Covariate = Annotated[float, Field(ge=0, allow_inf_nan=False, description="known
 
 def request_models(spec: FeatureSpec, key_kinds: dict[str, type], max_rows: int) -> tuple[type[BaseModel], type[BaseModel]]:
     """(Row, PredictRequest) models: series keys, date and covariates are required; nothing else."""
-    fields: dict[str, Any] = {k: (key_kinds[k], Field(..., description="series key")) for k in spec.series_keys}
+    # strict: a key is never coerced (lax mode would read `true` as store 1 and "1" as 1)
+    fields: dict[str, Any] = {k: (key_kinds[k], Field(..., strict=True, description="series key"))
+                              for k in spec.series_keys}
     fields["date"] = (date, Field(..., description="the day to forecast, YYYY-MM-DD"))
     fields |= {c: (Covariate, ...) for c in spec.covariates}
     row = create_model("Row", __config__=ConfigDict(extra="forbid"), **fields)
@@ -32,6 +34,8 @@ class Contribution(BaseModel):
 
 class Prediction(BaseModel):
     prediction: float
+    arm: str
+    version: str
     contributions: list[Contribution] | None = None
 
 
@@ -44,5 +48,23 @@ class PredictResponse(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
     request_id: str
+    arm: str
     model: ModelRef
     predictions: list[Prediction]
+
+
+Actual = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, max_length=64)
+    actual: Actual | list[Actual] | None = Field(None, description="observed sales, one per requested row")
+    reward: float | None = Field(None, ge=0, le=1, description="user action on the forecast, e.g. 1 = order placed")
+
+    @model_validator(mode="after")
+    def _something(self) -> "FeedbackRequest":
+        if self.actual is None and self.reward is None:
+            raise ValueError("give an actual, a reward, or both")
+        return self

@@ -21,6 +21,9 @@ class GatewaySettings(BaseModel):
     prediction_log: str | None = None  # sqlite:///path | postgresql://... | fluent://host:port/tag | none
     log_queue_size: int = Field(10_000, ge=1)
     top_contributions: int = Field(6, ge=1)
+    routing_file: Path | None = None  # default: <workdir>/routing.yaml
+    feedback_store: str | None = None  # default: sqlite:///<workdir>/feedback.db
+    shadow_queue: int = Field(1_000, ge=1)  # shadow calls waiting beyond this are skipped, not queued
 
     @classmethod
     def from_env(cls, **overrides) -> GatewaySettings:
@@ -28,6 +31,7 @@ class GatewaySettings(BaseModel):
             "admin_token": os.environ.get("CD4ML_ADMIN_TOKEN"),
             "prediction_log": os.environ.get("CD4ML_PREDICTION_LOG"),
             "tracking_uri": os.environ.get("CD4ML_TRACKING_URI"),
+            "feedback_store": os.environ.get("CD4ML_FEEDBACK_STORE"),
         }
         if "CD4ML_POLL_SECONDS" in os.environ:
             env["poll_seconds"] = float(os.environ["CD4ML_POLL_SECONDS"])
@@ -37,6 +41,12 @@ class GatewaySettings(BaseModel):
         from cd4ml.config import tracking_uri
 
         return self.tracking_uri or tracking_uri(self.workdir.resolve())
+
+    def resolved_routing_file(self) -> Path:
+        return self.routing_file or self.workdir / "routing.yaml"
+
+    def resolved_feedback(self) -> str:
+        return self.feedback_store or f"sqlite:///{(self.workdir / 'feedback.db').resolve()}"
 
     def resolved_log(self) -> str:
         return self.prediction_log or f"sqlite:///{(self.workdir / 'predictions.db').resolve()}"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-KNOWN_PATHS = {"/predict", "/health", "/ready", "/version", "/metrics", "/", "/admin/reload", "/api/catalog"}
+KNOWN_PATHS = {"/predict", "/feedback", "/health", "/ready", "/version", "/metrics", "/", "/admin/reload",
+               "/admin/routing", "/api/catalog"}
 
 
 class Telemetry:
@@ -16,8 +17,14 @@ class Telemetry:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
         self.errors = Counter("cd4ml_errors", "responses with status >= 400", ["path", "status"], registry=self.registry)
-        self.predictions = Counter("cd4ml_predictions", "rows predicted", ["model_version"], registry=self.registry)
-        self.model_info = Gauge("cd4ml_model_info", "live model (value 1)", ["name", "version"], registry=self.registry)
+        self.predictions = Counter("cd4ml_predictions", "rows predicted", ["arm", "model_version"], registry=self.registry)
+        self.model_info = Gauge("cd4ml_model_info", "live model per arm (value 1)", ["arm", "name", "version"],
+                                registry=self.registry)
+        self.feedback = Counter("cd4ml_feedback", "feedback received", ["arm"], registry=self.registry)
+        self.shadow_failures = Counter("cd4ml_shadow_failures", "shadow predictions that failed", registry=self.registry)
+        self.routing_errors = Counter("cd4ml_routing_errors", "routing changes that could not be applied",
+                                      registry=self.registry)
+        self.shadow_skipped = Counter("cd4ml_shadow_skipped", "shadow calls skipped: queue full", registry=self.registry)
         self.swaps = Gauge("cd4ml_model_swaps", "model versions loaded since start", registry=self.registry)
         self.load_failures = Gauge("cd4ml_model_load_failures", "failed model loads since start", registry=self.registry)
         self.log_depth = Gauge("cd4ml_log_queue_depth", "prediction records waiting", registry=self.registry)
@@ -30,12 +37,12 @@ class Telemetry:
         if status >= 400:
             self.errors.labels(path, str(status)).inc()
 
-    def render(self, handle, log_depth: int) -> bytes:
-        """Current state of the handle and the log queue, then every metric."""
+    def render(self, arms, log_depth: int) -> bytes:
+        """Current state of the arms and the log queue, then every metric."""
         self.model_info.clear()
-        if handle.current:
-            self.model_info.labels(handle.current.name, handle.current.version).set(1)
-        self.swaps.set(handle.reloads)
-        self.load_failures.set(handle.failures)
+        for live in arms.live():
+            self.model_info.labels(live["arm"], live["name"], live["version"]).set(1)
+        self.swaps.set(sum(h.reloads for h in arms.handles.values()))
+        self.load_failures.set(sum(h.failures for h in arms.handles.values()))
         self.log_depth.set(log_depth)
         return generate_latest(self.registry)

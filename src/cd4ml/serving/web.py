@@ -8,13 +8,12 @@ import pandas as pd
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
-from cd4ml.serving.models import ModelHandle
 
 
-def catalog(handle: ModelHandle) -> dict:
+def catalog(arms) -> dict:
     """For each series key, its values with a readable label built from the attributes that
     depend on that key alone (an item's family and class, a store's city and type)."""
-    model = handle.current
+    model = arms.champion.current
     series = model.scorer.attributes.reset_index()
     keys = model.spec.series_keys
     attributes = [c for c in series.columns if c not in keys]
@@ -31,7 +30,8 @@ def catalog(handle: ModelHandle) -> dict:
         "keys": fields, "series": pairs, "covariates": model.spec.covariates,
         "dates": {"min": first.date().isoformat(), "max": model.scorer.last_servable.isoformat(),
                   "step_days": model.spec.period_days},
-        "live": [{"arm": "champion", "name": model.name, "version": model.version}],
+        "live": arms.live(),
+        "strategy": arms.routing.strategy,
     }
 
 
@@ -45,7 +45,7 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def add_web(app: FastAPI, handle: ModelHandle) -> None:
+def add_web(app: FastAPI, arms) -> None:
     page = (resources.files("cd4ml.serving") / "index.html").read_text()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -57,8 +57,8 @@ def add_web(app: FastAPI, handle: ModelHandle) -> None:
     @app.get("/api/catalog")
     async def api_catalog():
         """Series keys with readable labels, servable dates and the live model(s)."""
-        version = handle.current.version
-        if version not in cached:
+        state = repr(arms.live()) + arms.routing.strategy
+        if state not in cached:
             cached.clear()
-            cached[version] = catalog(handle)
-        return cached[version]
+            cached[state] = catalog(arms)
+        return cached[state]

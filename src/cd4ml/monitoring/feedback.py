@@ -1,0 +1,104 @@
+"""Feedback joined to served predictions: observed sales (actuals) and user rewards.
+
+Each request's arm, model version and predictions are remembered when it is served (a bounded
+in-memory index, backed by the prediction log when it is readable), so feedback can be
+attributed to the arm that earned it. Feedback is stored once per request and kind; a
+duplicate or an unknown request id changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+RECENT = 200_000
+
+
+@dataclass
+class Served:
+    arm: str
+    model_version: str
+    predictions: list[float]
+    rows: list[dict[str, Any]]
+
+
+class UnknownRequest(KeyError):
+    pass
+
+
+class DuplicateFeedback(ValueError):
+    pass
+
+
+class ServedIndex:
+    """request id → what was served, for the most recent requests."""
+
+    def __init__(self, capacity: int = RECENT):
+        self.capacity = capacity
+        self._items: OrderedDict[str, Served] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, request_id: str, served: Served) -> None:
+        with self._lock:
+            self._items[request_id] = served
+            if len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def get(self, request_id: str) -> Served | None:
+        return self._items.get(request_id)
+
+
+class FeedbackStore:
+    """SQLite (default) or PostgreSQL table `feedback`, one row per (request id, kind)."""
+
+    def __init__(self, url: str):
+        parsed = urlparse(url)
+        self.postgres = parsed.scheme in {"postgresql", "postgres"}
+        if self.postgres:
+            import psycopg2
+
+            self.db = psycopg2.connect(url)
+            self.db.autocommit = True
+            self.mark = "%s"
+        else:
+            path = Path(url.removeprefix("sqlite:///"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.mark = "?"
+        self._lock = threading.Lock()
+        self._execute(
+            "CREATE TABLE IF NOT EXISTS feedback (request_id TEXT, kind TEXT, value TEXT, arm TEXT, "
+            "model_version TEXT, predictions TEXT, rows TEXT, ts DOUBLE PRECISION, PRIMARY KEY (request_id, kind))"
+        )
+
+    def _execute(self, sql: str, args: tuple = ()) -> list[tuple]:
+        sql = sql.replace("?", self.mark)
+        with self._lock:
+            if self.postgres:
+                with self.db.cursor() as cur:
+                    cur.execute(sql, args)
+                    return cur.fetchall() if cur.description else []
+            return self.db.execute(sql, args).fetchall()
+
+    def record(self, request_id: str, kind: str, value: Any, served: Served) -> None:
+        try:
+            self._execute("INSERT INTO feedback VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (
+                request_id, kind, json.dumps(value), served.arm, served.model_version,
+                json.dumps(served.predictions), json.dumps(served.rows), time.time()))
+        except Exception as exc:
+            if "UNIQUE" in str(exc) or "duplicate key" in str(exc):
+                raise DuplicateFeedback(f"{kind} for request {request_id} was already recorded") from exc
+            raise
+
+    def all(self) -> list[dict[str, Any]]:
+        columns = ["request_id", "kind", "value", "arm", "model_version", "predictions", "rows", "ts"]
+        rows = self._execute("SELECT request_id, kind, value, arm, model_version, predictions, rows, ts FROM feedback")
+        return [dict(zip(columns, r, strict=True)) for r in rows]

@@ -1,0 +1,42 @@
+"""Release operations on a work directory: routing changes and promotions, with history.
+
+Routing lives in `<workdir>/routing.yaml`; running gateways pick up a change within one poll
+interval. Every change is recorded in the registry's alias history (alias `routing`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cd4ml.registry import CHALLENGER, AliasMove, Registry
+from cd4ml.serving.routing import Routing, load_routing, save_routing
+
+
+def routing_path(workdir: Path) -> Path:
+    return workdir / "routing.yaml"
+
+
+def describe(routing: Routing) -> str:
+    arms = ", ".join(f"{a}={t}" for a, t in routing.arms.items())
+    extra = {"canary": f" share={routing.share:g}", "ab": f" shares={routing.ab_shares()}",
+             "bandit": f" policy={routing.bandit.policy}"}.get(routing.strategy, "")
+    return f"{routing.strategy} [{arms}]{extra}"
+
+
+def change_routing(workdir: Path, registry: Registry, routing: Routing, why: str) -> AliasMove:
+    """Validate, write and record a routing change."""
+    path = routing_path(workdir)
+    before = describe(load_routing(path))
+    save_routing(path, routing)
+    return registry.record("routing", before, describe(routing), why)
+
+
+def promote(workdir: Path, registry: Registry, version: str, why: str) -> AliasMove:
+    """Champion → version; a canary or A/B test of that version ends (traffic back to one arm)."""
+    move = registry.promote(version, why)
+    routing = load_routing(routing_path(workdir))
+    if routing.strategy in {"canary", "ab", "shadow", "bandit"}:
+        challenger = routing.arms.get(CHALLENGER, "")
+        if challenger in {CHALLENGER, version}:
+            change_routing(workdir, registry, Routing(), f"v{version} promoted: release ended")
+    return move

@@ -1,0 +1,106 @@
+"""The arms of a release: one model handle per arm, created and retired as routing changes."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+from cd4ml.serving.bandits import BanditStore, choose, open_store
+from cd4ml.serving.models import LoadedModel, ModelHandle
+from cd4ml.serving.routing import CHAMPION_ARM, Routing, sticky_choice
+from cd4ml.serving.settings import GatewaySettings
+
+
+def registry_handle(settings: GatewaySettings, target: str) -> ModelHandle:
+    """A handle following a registry alias, or pinned to a version number (or `settings.model`)."""
+    from cd4ml.config import Paths
+    from cd4ml.registry import Registry, RegistryError, resolve_bundle
+
+    store = settings.resolved_tracking_uri()
+    cache = Paths(settings.workdir.resolve()).cache / "models"
+
+    def resolve() -> tuple[str, str, str]:
+        if settings.model:
+            return settings.model, settings.model_name, settings.model
+        if target.isdigit():
+            return f"models:/{settings.model_name}/{target}", settings.model_name, target
+        version = Registry(store, settings.model_name).alias(target)
+        if version is None:
+            raise RegistryError(f"{settings.model_name} has no '{target}' alias yet: run `cd4ml run` first")
+        return f"models:/{settings.model_name}/{version}", settings.model_name, version
+
+    return ModelHandle(resolve, lambda uri: resolve_bundle(uri, store, cache), settings.poll_seconds)
+
+
+class Arms:
+    """Live handles per arm plus the routing that chooses among them."""
+
+    def __init__(self, settings: GatewaySettings, routing: Routing, make_handle=registry_handle):
+        self.settings, self.make_handle = settings, make_handle
+        self.handles: dict[str, ModelHandle] = {}
+        self.rng = random.Random()
+        self._lock = threading.Lock()
+        self._bandit: BanditStore | None = None
+        self.routing = routing
+        self.routing_error: str | None = None
+        self.apply(routing)
+
+    def apply(self, routing: Routing) -> dict[str, str]:
+        """Switch to `routing`: load new arms first, so a failing arm leaves the old routing live."""
+        with self._lock:
+            fresh = {}
+            for arm, target in routing.arms.items():
+                handle = self.handles.get(arm)
+                if handle is None or handle.target != target:
+                    handle = self.make_handle(self.settings, target)
+                    handle.target = target
+                    handle.reload()
+                    if handle.current is None:
+                        raise ValueError(f"arm '{arm}' ({target}) cannot be loaded: {handle.last_error}")
+                fresh[arm] = handle
+            for arm, handle in self.handles.items():
+                if fresh.get(arm) is not handle:
+                    handle.stop()
+            self.handles, self.routing, self.routing_error = fresh, routing, None
+            for handle in fresh.values():
+                handle.start_watching()
+            return {arm: h.describe() for arm, h in fresh.items()}
+
+    @property
+    def champion(self) -> ModelHandle:
+        return self.handles[CHAMPION_ARM]
+
+    def bandit(self) -> BanditStore:
+        if self._bandit is None:
+            url = self.routing.bandit.state or f"sqlite:///{(self.settings.workdir / 'bandit.db').resolve()}"
+            self._bandit = open_store(url)
+        return self._bandit
+
+    def primary(self, sticky_key: str) -> str:
+        """The arm that answers a request (multiple routes per row instead)."""
+        routing = self.routing
+        if routing.strategy in {"canary", "ab"}:
+            return sticky_choice(routing, sticky_key)
+        if routing.strategy == "bandit":
+            arms = list(routing.arms)
+            return choose(routing.bandit.policy, self.bandit().stats(arms), routing.bandit.epsilon, self.rng)
+        return CHAMPION_ARM
+
+    def shadows(self, primary: str) -> list[str]:
+        if self.routing.strategy != "shadow":
+            return []
+        return [arm for arm in self.routing.arms if arm != primary]
+
+    def segment_arm(self, model: LoadedModel, key: tuple) -> str:
+        """For `multiple`: the arm of a row's segment (e.g. its product family)."""
+        segment = self.routing.segment
+        value = model.scorer.attributes.loc[key, segment.column] if key in model.scorer.attributes.index else None
+        return segment.arms.get(str(value), segment.default)
+
+    def live(self) -> list[dict[str, str]]:
+        return [{"arm": arm, "name": h.current.name, "version": h.current.version}
+                for arm, h in self.handles.items() if h.current]
+
+    def stop(self) -> None:
+        for handle in self.handles.values():
+            handle.stop()
