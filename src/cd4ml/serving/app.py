@@ -9,10 +9,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
+import orjson
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse, Response
+from fastapi.responses import Response
 from pydantic import ValidationError
 
 from cd4ml.monitoring.feedback import DuplicateFeedback, FeedbackStore, Served, ServedIndex
@@ -24,6 +25,15 @@ from cd4ml.serving.requests import FeedbackRequest, PredictResponse, request_mod
 from cd4ml.serving.routing import CHAMPION_ARM, Routing, load_routing, save_routing
 from cd4ml.serving.settings import GatewaySettings
 from cd4ml.serving.telemetry import Telemetry
+
+
+class JSON(Response):
+    """orjson-encoded JSON: the gateway's responses are plain dicts and lists of floats."""
+
+    media_type = "application/json"
+
+    def render(self, content) -> bytes:
+        return orjson.dumps(content)
 
 
 def _key_kinds(model: LoadedModel) -> dict[str, type]:
@@ -118,7 +128,7 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
                     telemetry.routing_errors.inc()
                     arms.routing_error = str(exc)
 
-    app = FastAPI(title="cd4ml gateway", version="1", lifespan=lifespan, default_response_class=ORJSONResponse,
+    app = FastAPI(title="cd4ml gateway", version="1", lifespan=lifespan, default_response_class=JSON,
                   description="Sales forecasts from the registry, with release strategies, hot reload, "
                               "feedback and a prediction log.")
     app.state.arms, app.state.telemetry, app.state.settings = arms, telemetry, settings
@@ -128,7 +138,7 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
         """422 naming each field and reason; the offending input is not echoed (it may be NaN)."""
         detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
                   for e in exc.errors()]
-        return ORJSONResponse({"detail": detail}, status_code=422)
+        return JSON({"detail": detail}, status_code=422)
 
     def require_admin(authorization: str | None = Header(None)) -> None:
         expected = settings.admin_token
@@ -192,7 +202,7 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
             pending_shadows["count"] += 1
             asyncio.get_running_loop().run_in_executor(shadow_pool, shadow, request_id, arm, rows)
         arm, model = answered[0]
-        return ORJSONResponse({"request_id": request_id, "arm": arm,
+        return JSON({"request_id": request_id, "arm": arm,
                                "model": {"name": model.name, "version": model.version}, "predictions": predictions})
 
     @app.post("/feedback")
@@ -229,7 +239,7 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
     async def ready():
         missing = [arm for arm, h in arms.handles.items() if h.current is None]
         if missing:
-            return ORJSONResponse({"ready": False, "missing": missing}, status_code=503)
+            return JSON({"ready": False, "missing": missing}, status_code=503)
         return {"ready": True, "arms": arms.live(),
                 "last_reload_errors": {a: h.last_error for a, h in arms.handles.items() if h.last_error}}
 
