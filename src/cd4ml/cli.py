@@ -19,7 +19,7 @@ app.add_typer(release_app, name="release")
 ab_app = typer.Typer(help="A/B tests.", no_args_is_help=True)
 app.add_typer(ab_app, name="ab")
 console = Console()
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 WORKDIR = typer.Option(Path("."), "--workdir", "-w", help="Folder holding dvc.yaml, params.yaml and outputs.")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from cd4ml.data.spec import DatasetSpec, Holidays, SideTable, Weights
 
 FAVORITA_SLICES = ["family", "type", "cluster", "perishable"]
+STORE_COLUMNS = ["city", "state", "type", "cluster"]  # stores.csv in Favorita and Store Sales
 STORE47_COLUMNS = [
     "id", "date", "item_nbr", "unit_sales", "family", "class", "perishable", "transactions",
     "year", "month", "day", "dayofweek", "days_til_end_of_data", "dayoff",
@@ -24,12 +25,12 @@ def favorita(directory: Path) -> DatasetSpec:
         drop_columns=["id"],
         side_tables=[
             SideTable(path="items.csv", on=["item_nbr"], columns=["family", "class", "perishable"]),
-            SideTable(path="stores.csv", on=["store_nbr"], columns=["city", "state", "type", "cluster"]),
+            SideTable(path="stores.csv", on=["store_nbr"], columns=STORE_COLUMNS),
         ],
         holidays=Holidays(events_file="holidays_events.csv", local_columns=["city", "state"]),
         slices=FAVORITA_SLICES,
         weights=Weights(column="perishable"),
-        base_dir=directory.resolve(),
+        base=str(directory.resolve()),
     )
 
 
@@ -42,16 +43,14 @@ def store_sales(directory: Path) -> DatasetSpec:
         target="sales",
         covariates=["onpromotion"],
         drop_columns=["id"],
-        side_tables=[
-            SideTable(path="stores.csv", on=["store_nbr"], columns=["city", "state", "type", "cluster"])
-        ],
+        side_tables=[SideTable(path="stores.csv", on=["store_nbr"], columns=STORE_COLUMNS)],
         holidays=Holidays(events_file="holidays_events.csv", local_columns=["city", "state"]),
         slices=["family", "type", "cluster"],
-        base_dir=directory.resolve(),
+        base=str(directory.resolve()),
     )
 
 
-def store47(sales: str, base_dir: Path | None = None) -> DatasetSpec:
+def store47(sales: str) -> DatasetSpec:
     """The CD4ML workshop's single file: one store (47, Quito), items with their attributes."""
     return DatasetSpec(
         name="store47",
@@ -61,9 +60,16 @@ def store47(sales: str, base_dir: Path | None = None) -> DatasetSpec:
         covariates=["dayoff"],
         attributes=["family", "class", "perishable"],
         # transactions is only known after the day ends; the rest are derived date parts
-        drop_columns=["id", "transactions", "year", "month", "day", "dayofweek", "days_til_end_of_data"],
+        drop_columns=[
+            "id",
+            "transactions",
+            "year",
+            "month",
+            "day",
+            "dayofweek",
+            "days_til_end_of_data",
+        ],
         holidays=Holidays(country="EC"),
         slices=["family", "perishable"],
         weights=Weights(column="perishable"),
-        base_dir=base_dir,
     )

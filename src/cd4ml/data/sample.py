@@ -132,6 +132,7 @@ _PROMO_MEAN_DAYS = 4
 _RETURN_PROBABILITY = 0.0005
 _PROMO_RECORDED_FROM = 0.2  # share of history with `onpromotion` missing
 _LATE_OPENING_EVERY = 8  # stores 5, 13, 21, ... open mid-history
+_ITEM_NBR_SPAN = (96_995, 2_134_245)  # the original's item numbers
 _TRAIN_HEADER = b"id,date,store_nbr,item_nbr,unit_sales,onpromotion\n"
 
 
@@ -208,7 +209,8 @@ def _promo_calendar(rng: np.random.Generator, days: int, share: np.ndarray) -> n
 def _items(config: SampleConfig) -> _Items:
     rng = _rng(config.seed, _ITEMS)
     n = config.items
-    nbr = np.sort(rng.choice(2_134_245 - 96_995, size=n, replace=False)) + 96_995
+    low, high = _ITEM_NBR_SPAN
+    nbr = np.sort(rng.choice(high - low, size=n, replace=False)) + low
     family = rng.permutation(np.repeat(np.arange(len(_FAMILIES)), _family_quotas(n)))
     names = np.array([f[0] for f in _FAMILIES])[family]
     perishable = np.isin(names, list(_PERISHABLE_FAMILIES))
@@ -383,8 +385,7 @@ def _train_table(
     cal: _Calendar, items: _Items, nbr: int, sales: _StoreSales, first_id: int
 ) -> pa.Table:
     """Rows in the original's text formats: 7.0 and 2.638 for sales, True/False/empty promos."""
-    values = pa.array(sales.sales)
-    text = pc.cast(values, pa.string())
+    text = pc.cast(pa.array(sales.sales), pa.string())
     whole = pa.array(sales.sales == np.round(sales.sales))
     unit_sales = pc.if_else(whole, pc.binary_join_element_wise(text, ".0", ""), text)
     unrecorded = sales.day < cal.promo_recorded_from

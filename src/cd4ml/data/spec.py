@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urljoin
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from ruamel.yaml import YAML, YAMLError
+
+from cd4ml.data.download import is_url
 
 
 class SpecError(ValueError):
@@ -38,6 +41,16 @@ class Holidays(BaseModel):
     country: str | None = None  # ISO code for the `holidays` package, e.g. "EC", "US"
     local_columns: list[str] = Field(default_factory=list)  # store attributes matched by locale
 
+    @model_validator(mode="after")
+    def _one_known_source(self) -> Holidays:
+        import holidays
+
+        if (self.events_file is None) == (self.country is None):
+            raise ValueError("give exactly one of events_file and country")
+        if self.country and self.country not in holidays.list_supported_countries():
+            raise ValueError(f"unknown country code {self.country!r} (ISO 3166, e.g. US, EC)")
+        return self
+
 
 class Weights(BaseModel):
     """Per-row metric weights from an attribute, e.g. Favorita's perishable items weigh 1.25."""
@@ -61,22 +74,34 @@ class DatasetSpec(BaseModel):
     series_keys: list[str]
     target: str
     covariates: list[str] = Field(default_factory=list)  # known ahead (promotions, holiday flags)
-    attributes: list[str] = Field(default_factory=list)  # static per-series columns in the sales file
+    attributes: list[str] = Field(default_factory=list)  # static per series, in the sales file
     drop_columns: list[str] = Field(default_factory=list)  # present but not usable (e.g. same-day)
     frequency: Literal["daily", "weekly"] = "daily"
     side_tables: list[SideTable] = Field(default_factory=list)
     holidays: Holidays | None = None
     slices: list[str] = Field(default_factory=list)  # attribute columns for per-slice metrics
     weights: Weights | None = None
-    base_dir: Path | None = Field(default=None, exclude=True)
+    # folder or URL that relative locations are relative to (the spec's own); not part of it
+    base: str | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
     def _columns_do_not_overlap(self) -> DatasetSpec:
-        roles = [self.date_column, self.target, *self.series_keys, *self.covariates, *self.attributes]
+        roles = self.sales_columns
         repeated = sorted({c for c in roles if roles.count(c) > 1})
         if repeated:
             raise ValueError(f"columns used in more than one role: {', '.join(repeated)}")
         return self
+
+    @property
+    def sales_columns(self) -> list[str]:
+        """The sales file's columns the spec gives a role; every other column is dropped."""
+        return [
+            self.date_column,
+            self.target,
+            *self.series_keys,
+            *self.covariates,
+            *self.attributes,
+        ]
 
     @property
     def period_days(self) -> int:
@@ -88,17 +113,24 @@ class DatasetSpec(BaseModel):
         return 7 if self.frequency == "daily" else 52
 
     def resolve(self, location: str) -> str:
-        """A file named in the spec, as a URL or a path relative to the spec's folder."""
-        if location.startswith(("http://", "https://")) or self.base_dir is None:
+        """A file named in the spec, as a URL or a path relative to the spec's folder or URL."""
+        if is_url(location) or self.base is None:
             return location
-        return str((self.base_dir / location).resolve())
+        if is_url(self.base):
+            return urljoin(self.base, location)
+        return str((Path(self.base) / location).resolve())
 
 
-def load_spec(path: Path) -> DatasetSpec:
-    """Read a dataset spec YAML; errors name the file and the offending field."""
+def load_spec(path: Path, base: str | None = None) -> DatasetSpec:
+    """Read a dataset spec YAML; errors name the file and the offending field.
+
+    Relative file locations are relative to `base`, by default the spec's folder (a spec
+    downloaded from a URL passes that URL, so its files come from beside it).
+    """
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        # YAML 1.2, where `on:` (a side table's join key) is a word, not the boolean true
+        raw = YAML(typ="safe", pure=True).load(path.read_text())
+    except (OSError, YAMLError) as exc:
         raise SpecError(f"{path}: cannot read dataset spec: {exc}") from exc
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a dataset spec must be a YAML mapping")
@@ -110,4 +142,4 @@ def load_spec(path: Path) -> DatasetSpec:
             for err in exc.errors()
         )
         raise SpecError(f"{path}: invalid dataset spec: {problems}") from exc
-    return spec.model_copy(update={"base_dir": path.parent.resolve()})
+    return spec.model_copy(update={"base": base or str(path.parent.resolve())})

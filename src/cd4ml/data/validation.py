@@ -11,6 +11,12 @@ import pandas as pd
 
 EXIT_INVALID_DATA = 2
 MAX_EXAMPLES = 5
+FIRST_DATA_LINE = 2  # a CSV's first data row is line 2, after the header
+
+
+def csv_lines(index: pd.Index) -> list[int]:
+    """File line numbers of the first few rows of a data frame read from a CSV with a header."""
+    return [int(i) + FIRST_DATA_LINE for i in index[:MAX_EXAMPLES]]
 
 
 @dataclass
@@ -40,7 +46,7 @@ class DataValidationError(Exception):
 
 
 def problems_from_pandera(
-    failure_cases: pd.DataFrame, raw: pd.DataFrame, file: str, line_offset: int = 2
+    failure_cases: pd.DataFrame, raw: pd.DataFrame, file: str, line_offset: int = FIRST_DATA_LINE
 ) -> list[Problem]:
     """Group pandera's failure cases by column and check; rows are shown as CSV line numbers.
 
@@ -67,7 +73,9 @@ def problems_from_pandera(
     return problems
 
 
-def write_report(path: Path, status: str, checks: list[dict[str, Any]], problems: list[Problem]) -> None:
+def write_report(
+    path: Path, status: str, checks: list[dict[str, Any]], problems: list[Problem]
+) -> None:
     """The validation report artifact: every check run, and every problem found."""
     path.parent.mkdir(parents=True, exist_ok=True)
     report = {"status": status, "checks": checks, "problems": [asdict(p) for p in problems]}

@@ -25,20 +25,31 @@ def _dataset(paths: Paths) -> dict:
 
 
 def ingest(root: Path) -> str:
+    """Read the configured source; a failure leaves a failed validation report behind."""
     from cd4ml.data.ingest import ingest as read_into_canonical
     from cd4ml.data.presets import favorita
     from cd4ml.data.sample import SampleConfig, write_sample
     from cd4ml.data.sources import resolve_source
+    from cd4ml.data.spec import SpecError
+    from cd4ml.data.validation import DataValidationError, Problem, write_report
 
     paths, params = Paths(root), load_params(Paths(root).params)
     source = params.data.source
-    if source == "sample":
-        sample = params.data.sample
-        write_sample(paths.sample, SampleConfig(sample.stores, sample.items, sample.days, sample.start, sample.seed))
-        spec = favorita(paths.sample)
-    else:
-        spec = resolve_source(source, paths.cache)
-    report = read_into_canonical(spec, paths.ingested, paths.cache, params.data.memory_limit)
+    failed = [{"check": "ingest: inputs readable and raw rows valid", "status": "failed"}]
+    try:
+        if source == "sample":
+            sample = params.data.sample
+            write_sample(paths.sample, SampleConfig(sample.stores, sample.items, sample.days, sample.start, sample.seed))
+            spec = favorita(paths.sample)
+        else:
+            spec = resolve_source(source, paths.cache)
+        report = read_into_canonical(spec, paths.ingested, paths.cache, params.data.memory_limit)
+    except DataValidationError as exc:
+        write_report(paths.reports / "validation.json", "failed", failed, exc.problems)
+        raise
+    except SpecError as exc:
+        write_report(paths.reports / "validation.json", "failed", failed, [Problem(source, "-", str(exc), 1)])
+        raise
     _json(paths.reports / "ingest.json", {"rows": report.rows, "series": report.series,
                                           "rows_read": report.rows_read, "zero_rows_filled": report.zero_rows_filled})
     return f"{spec.name}: {report.rows:,} rows, {report.series:,} series, {report.first_date}..{report.last_date}"

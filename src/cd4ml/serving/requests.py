@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from cd4ml.features import FeatureSpec
 
-Covariate = Annotated[float, Field(ge=0, allow_inf_nan=False, description="known ahead, e.g. items on promotion")]
+Covariate = Annotated[float, Field(allow_inf_nan=False, description="known ahead, e.g. items on promotion")]
 
 
 def request_models(spec: FeatureSpec, key_kinds: dict[str, type], max_rows: int) -> tuple[type[BaseModel], type[BaseModel]]:

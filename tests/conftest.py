@@ -1,0 +1,184 @@
+"""Fixtures shared by several test modules."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+from filelock import FileLock
+
+from cd4ml.data.sample import SampleConfig, write_sample
+from cd4ml.data.schemas import check, sales_schema
+
+
+@pytest.fixture(scope="session")
+def favorita_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic Favorita folder (3 stores, 8 items, 120 days); do not modify it."""
+    folder = tmp_path_factory.mktemp("favorita")
+    write_sample(folder, SampleConfig(stores=3, items=8, days=120, start=date(2016, 1, 1)))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def read_canonical() -> Callable[[Path], pd.DataFrame]:
+    """Read an ingest's sales.parquet after checking it against the validate stage's schema."""
+
+    def read(out_dir: Path) -> pd.DataFrame:
+        dataset = json.loads((out_dir / "dataset.json").read_text())
+        spec = dataset["spec"]
+        frame = pd.read_parquet(out_dir / "sales.parquet")
+        schema = sales_schema(spec["series_keys"], spec["covariates"], dataset["attributes"])
+        check(schema, frame, "sales.parquet")
+        return frame
+
+    return read
+
+
+TRAINED_SAMPLE = ["--set", "data.sample.items=20", "--set", "data.sample.stores=5"]
+
+
+def _cd4ml(*args: str) -> list[str]:
+    """The `cd4ml` console script of this interpreter's environment, with arguments."""
+    return [str(Path(sys.executable).parent / "cd4ml"), *args]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """The environment without the caller's CD4ML_* settings (they would redirect stores)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("CD4ML_")} | extra
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A work directory after `cd4ml run` on a small sample: v1 registered as champion.
+
+    Built once per test run, also under xdist (the first worker builds, the others wait on a
+    file lock). Treat it as read-only: tests that move aliases or start gateways (which write
+    logs next to the models) work on a `shutil.copytree` of it.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by every worker of this run
+    workdir, done = root / "trained", root / "trained.done"
+    with FileLock(str(root / "trained.lock")):
+        if not done.exists():
+            result = subprocess.run(
+                _cd4ml("run", "-w", str(workdir), *TRAINED_SAMPLE),
+                capture_output=True,
+                text=True,
+                env=_env(),
+                timeout=600,
+            )
+            if result.returncode != 0:
+                output = f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+                pytest.fail(f"cd4ml run failed ({result.returncode}):\n{output}")
+            done.touch()
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def require_service() -> Callable[[str, Callable[[], object]], None]:
+    """`require_service(name, probe)`: skip when `probe()` raises on a user's machine, but fail
+    under CI=true, where the service is part of the machine and a skip would hide a broken test."""
+
+    def require(name: str, probe: Callable[[], object]) -> None:
+        try:
+            probe()
+        except Exception as exc:
+            reason = f"{name} unreachable: {type(exc).__name__}: {exc}"
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.fail(f"{reason} (CI=true: the service must be running)")
+            pytest.skip(reason)
+
+    return require
+
+
+@pytest.fixture(scope="session")
+def run_cd4ml() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`run_cd4ml(*args, env={})`: the CLI as a user runs it (a subprocess; output captured)."""
+
+    def run(
+        *args: str, env: dict[str, str] | None = None, timeout: float = 600
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            _cd4ml(*args), capture_output=True, text=True, env=_env(**(env or {})), timeout=timeout
+        )
+
+    return run
+
+
+@dataclass
+class GatewayProcess:
+    """A `cd4ml serve` subprocess (real uvicorn) on a free local port."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    output: Path
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, as a process manager stops it (graceful: the log is flushed); the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                pytest.fail(f"gateway ignored SIGTERM for {timeout} s:\n{self.log()}")
+        return self.process.returncode
+
+    def log(self) -> str:
+        return self.output.read_text(errors="replace")[-4000:]
+
+
+@pytest.fixture(scope="module")
+def start_gateway(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., GatewayProcess]]:
+    """`start_gateway(workdir, *serve_args, env={})`: `cd4ml serve` on a free port, once /ready
+    answers 200; every gateway still running is stopped when the module ends."""
+    started: list[GatewayProcess] = []
+    logs = tmp_path_factory.mktemp("gateway-logs")
+
+    def start(
+        workdir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> GatewayProcess:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        output = logs / f"gateway-{port}.log"
+        with output.open("wb") as sink:
+            process = subprocess.Popen(
+                _cd4ml("serve", "-w", str(workdir), "--port", str(port), *args),
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                env=_env(**(env or {})),
+            )
+        gateway = GatewayProcess(f"http://127.0.0.1:{port}", process, output)
+        started.append(gateway)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"cd4ml serve exited with {process.returncode}:\n{gateway.log()}")
+            try:
+                if httpx.get(f"{gateway.url}/ready", timeout=2).status_code == 200:
+                    return gateway
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        pytest.fail(f"cd4ml serve not ready after {timeout} s:\n{gateway.log()}")
+
+    yield start
+    for gateway in started:
+        gateway.stop()
