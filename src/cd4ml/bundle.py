@@ -38,7 +38,8 @@ def series_data(sales: pd.DataFrame, holidays: pd.DataFrame, fs: FeatureSpec, fr
     start = pd.Timestamp(from_origin - timedelta(days=history_span_days(fs)))
     recent = sales[pd.to_datetime(sales["date"]) > start]
     history = recent[["date", *fs.series_keys, "sales", *fs.covariates]].reset_index(drop=True)
-    series = sales[[*fs.series_keys, *fs.attributes]].drop_duplicates(fs.series_keys).reset_index(drop=True)
+    # weight rides along for monitoring (NWRMSLE on live actuals); features never read it
+    series = sales[[*fs.series_keys, *fs.attributes, "weight"]].drop_duplicates(fs.series_keys).reset_index(drop=True)
     return SeriesData(history, series, holidays)
 
 

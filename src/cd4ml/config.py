@@ -34,6 +34,8 @@ class DataParams(_Strict):
     source: str = "sample"
     sample: SampleParams = SampleParams()
     memory_limit: str = "2GB"
+    segment: dict[str, list[str]] = {}  # keep only these attribute values, e.g. {family: [PRODUCE]}
+    until: date | None = None  # ignore sales after this date (backtests, simulations)
 
 
 class SplitParams(_Strict):
@@ -110,22 +112,37 @@ def apply_overrides(path: Path, overrides: list[str]) -> list[tuple[str, Any]]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. model.type=random_forest")
+        if not _known_key(key):
+            raise ConfigError(f"--set {item!r}: no key '{key}' in {path.name}")
         *parents, leaf = key.split(".")
         node = document
-        for part in parents:
-            if not isinstance(node, dict) or part not in node:
-                raise ConfigError(f"--set {item!r}: no key '{key}' in {path.name}")
-            node = node[part]
-        if not isinstance(node, dict) or (leaf not in node and not parents[:1] == ["model"]):
-            raise ConfigError(f"--set {item!r}: no key '{key}' in {path.name}")
-        node[leaf] = yaml.safe_load(raw)
+        for part in parents:  # keys missing from an older params.yaml are added; Params checks them
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: '{part}' is not a section in {path.name}")
+            node = node.setdefault(part, {})
+        value = yaml.safe_load(raw)
+        node[leaf] = value.isoformat() if isinstance(value, date) else value  # DVC reads params: no YAML dates
         applied.append((key, node[leaf]))
     try:
         Params.model_validate(yaml.safe_load(_dump(rt, document)))
     except ValidationError as exc:
-        raise _describe(exc, "--set") from exc
+        raise _describe(exc, f"--set in {path.name}") from exc
     path.write_text(_dump(rt, document))
     return applied
+
+
+def _known_key(key: str) -> bool:
+    """Whether `key` names a parameter (free-form sections such as model.lightgbm accept any)."""
+    model: type[BaseModel] = Params
+    for part in key.split("."):
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        annotation = field.annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return True
+        model = annotation
+    return True
 
 
 def _dump(rt, document) -> str:

@@ -58,7 +58,7 @@ def relative_gain(model: float, reference: float) -> float:
 
 def beats_baseline(model: float, baseline: float, p: GateParams) -> Check:
     gain = relative_gain(model, baseline)
-    return Check("gain over seasonal naive", f"{gain:.1%}", f"≥ {p.min_gain_over_baseline:.0%}",
+    return Check("gain over seasonal naive", f"{gain:.2%}", f"≥ {p.min_gain_over_baseline:.0%}",
                  gain >= p.min_gain_over_baseline, f"NWRMSLE {model:.4f} vs {baseline:.4f}")
 
 
@@ -66,7 +66,7 @@ def not_worse_than_champion(model: float, champion: float | None, version: str |
     if champion is None:
         return Check("vs champion", "no champion", "-", True, "first model")
     gain = relative_gain(model, champion)
-    return Check("vs champion", f"{gain:+.1%}", f"≥ -{p.champion_tolerance:.0%}", gain >= -p.champion_tolerance,
+    return Check("vs champion", f"{gain:+.2%}", f"≥ -{p.champion_tolerance:.0%}", gain >= -p.champion_tolerance,
                  f"NWRMSLE {model:.4f} vs champion v{version} {champion:.4f} re-scored on this holdout")
 
 

@@ -135,7 +135,7 @@ class Registry:
         try:
             self.client.get_model_version(self.name, version)
         except MlflowException as exc:
-            known = ", ".join(v.version for v in self.versions()) or "none"
+            known = ", ".join(str(v.version) for v in self.versions()) or "none"
             raise RegistryError(f"{self.name} has no version {version} (versions: {known})") from exc
 
     def _history_experiment(self) -> str:

@@ -24,7 +24,8 @@ class _SklearnForecaster:
     def __init__(self, **params):
         self.params = params
 
-    def fit(self, X: pd.DataFrame, y: np.ndarray, weight: np.ndarray | None = None, valid=None) -> Self:
+    def fit(self, X: pd.DataFrame, y: np.ndarray, weight: np.ndarray | None = None,
+            valid: tuple[pd.DataFrame, np.ndarray] | None = None) -> Self:
         self.estimator_ = self.estimator_class(**self.params)
         self.estimator_.fit(X.to_numpy(np.float32), to_log(y), sample_weight=weight)
         return self

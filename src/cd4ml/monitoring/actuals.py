@@ -38,17 +38,8 @@ def ingest_actuals(source: Path, keys: list[str], target: str, store: FeedbackSt
     if len(bad):
         line = int(bad.index[0]) + 2
         raise ValueError(f"{source} line {line}: column '{target}' is not a number ({bad[target].iloc[0]!r})")
-    store._execute("CREATE TABLE IF NOT EXISTS actuals (series TEXT, date TEXT, sales DOUBLE PRECISION, "
-                   "PRIMARY KEY (series, date))")
-    known = {(s, d) for s, d in store._execute("SELECT series, date FROM actuals")}
-    new = 0
-    for row in frame.to_dict(orient="records"):
-        series = _key(keys, row)
-        if (series, row["date"]) in known:
-            continue
-        store._execute("INSERT INTO actuals VALUES (?, ?, ?)", (series, row["date"], float(row[target])))
-        known.add((series, row["date"]))
-        new += 1
+    records = frame.to_dict(orient="records")
+    new = store.add_actuals(keys, records, [float(r[target]) for r in records])
     joined = _join_log(keys, store, log_db) if log_db and log_db.exists() else 0
     return ActualsResult(len(frame), new, len(frame) - new, joined)
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import pandas as pd
+
 RECENT = 200_000
 
 
@@ -78,6 +80,8 @@ class FeedbackStore:
             "CREATE TABLE IF NOT EXISTS feedback (request_id TEXT, kind TEXT, value TEXT, arm TEXT, "
             "model_version TEXT, predictions TEXT, rows TEXT, ts DOUBLE PRECISION, PRIMARY KEY (request_id, kind))"
         )
+        self._execute("CREATE TABLE IF NOT EXISTS actuals (series TEXT, date TEXT, sales DOUBLE PRECISION, "
+                      "PRIMARY KEY (series, date))")
 
     def _execute(self, sql: str, args: tuple = ()) -> list[tuple]:
         sql = sql.replace("?", self.mark)
@@ -97,6 +101,24 @@ class FeedbackStore:
             if "UNIQUE" in str(exc) or "duplicate key" in str(exc):
                 raise DuplicateFeedback(f"{kind} for request {request_id} was already recorded") from exc
             raise
+
+    def add_actuals(self, keys: list[str], rows: list[dict[str, Any]], values: list[float]) -> int:
+        """Observed sales by series and date; returns how many were new (known ones are kept)."""
+        conflict = "ON CONFLICT (series, date) DO NOTHING"
+        added = 0
+        for row, value in zip(rows, values, strict=True):
+            series = json.dumps([str(row[k]) for k in keys])
+            before = self._execute("SELECT count(*) FROM actuals WHERE series = ? AND date = ?", (series, str(row["date"])))
+            self._execute(f"INSERT INTO actuals VALUES (?, ?, ?) {conflict}", (series, str(row["date"]), float(value)))
+            added += before[0][0] == 0
+        return added
+
+    def actuals_frame(self, keys: list[str]) -> pd.DataFrame:
+        """All observed sales as (keys…, date, sales)."""
+        rows = self._execute("SELECT series, date, sales FROM actuals")
+        frame = pd.DataFrame([[*json.loads(s), d, v] for s, d, v in rows], columns=[*keys, "date", "sales"])
+        frame["date"] = pd.to_datetime(frame["date"])
+        return frame
 
     def all(self) -> list[dict[str, Any]]:
         columns = ["request_id", "kind", "value", "arm", "model_version", "predictions", "rows", "ts"]

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 COLUMNS = ["request_id", "ts", "model_name", "model_version", "arm", "rows", "predictions",
-           "contributions", "latency_ms"]
+           "contributions", "latency_ms", "origin"]
 JSON_COLUMNS = {"rows", "predictions", "contributions"}
 
 
@@ -38,14 +38,17 @@ class SQLiteSink:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS predictions (request_id TEXT, ts REAL, model_name TEXT, "
-            "model_version TEXT, arm TEXT, rows TEXT, predictions TEXT, contributions TEXT, latency_ms REAL)"
+            "model_version TEXT, arm TEXT, rows TEXT, predictions TEXT, contributions TEXT, latency_ms REAL, "
+            "origin TEXT)"
         )
+        if "origin" not in [c[1] for c in self.db.execute("PRAGMA table_info(predictions)")]:
+            self.db.execute("ALTER TABLE predictions ADD COLUMN origin TEXT")  # logs written before 0.1
         self.db.execute("CREATE INDEX IF NOT EXISTS predictions_request ON predictions (request_id)")
         self.db.commit()
 
     def write(self, records: list[dict[str, Any]]) -> None:
         with self.db:
-            self.db.executemany(f"INSERT INTO predictions VALUES ({', '.join('?' * len(COLUMNS))})",
+            self.db.executemany(f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
                                 [_values(r) for r in records])
 
     def close(self) -> None:
@@ -63,8 +66,9 @@ class PostgresSink:
             cur.execute(
                 "CREATE TABLE IF NOT EXISTS predictions (request_id TEXT, ts DOUBLE PRECISION, model_name TEXT, "
                 "model_version TEXT, arm TEXT, rows JSONB, predictions JSONB, contributions JSONB, "
-                "latency_ms DOUBLE PRECISION)"
+                "latency_ms DOUBLE PRECISION, origin TEXT)"
             )
+            cur.execute("ALTER TABLE predictions ADD COLUMN IF NOT EXISTS origin TEXT")
             cur.execute("CREATE INDEX IF NOT EXISTS predictions_request ON predictions (request_id)")
 
     def write(self, records: list[dict[str, Any]]) -> None:
@@ -84,7 +88,9 @@ class FluentSink:
     def __init__(self, host: str, port: int, tag: str):
         from fluent import sender
 
-        self.sender = sender.FluentSender(tag, host=host, port=port, timeout=5.0)
+        # nanosecond_precision: the time goes out as an EventTime; a bare float is not a valid
+        # forward-protocol time (Fluentd expects an integer or EventTime)
+        self.sender = sender.FluentSender(tag, host=host, port=port, timeout=5.0, nanosecond_precision=True)
 
     def write(self, records: list[dict[str, Any]]) -> None:
         for record in records:
@@ -97,8 +103,20 @@ class FluentSink:
         self.sender.close()
 
 
+class NullSink:
+    """`none`: predictions are not logged (e.g. a load test)."""
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def open_sink(url: str) -> Sink:
-    """sqlite:///path, postgresql://user@host/db, or fluent://host:port/tag."""
+    """sqlite:///path, postgresql://user@host/db, fluent://host:port/tag, or none."""
+    if url == "none":
+        return NullSink()
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
         return SQLiteSink(Path(url.removeprefix("sqlite:///")))
@@ -106,4 +124,4 @@ def open_sink(url: str) -> Sink:
         return PostgresSink(url)
     if parsed.scheme == "fluent":
         return FluentSink(parsed.hostname or "127.0.0.1", parsed.port or 24224, parsed.path.strip("/") or "cd4ml")
-    raise ValueError(f"prediction log {url!r}: use sqlite:///path, postgresql://... or fluent://host:port/tag")
+    raise ValueError(f"prediction log {url!r}: use sqlite:///path, postgresql://..., fluent://host:port/tag or none")

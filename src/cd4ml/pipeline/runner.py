@@ -16,6 +16,9 @@ import yaml
 from cd4ml.config import Paths, apply_overrides, init_project, load_params
 
 SUMMARIES = Path(".cd4ml") / "summaries"
+# A model logged from code carries a copy of cd4ml/project/dvc.yaml: were DVC to walk MLflow's
+# artifacts it would collect that pipeline too (and `dvc repro` would run it), slower every run.
+DVC_IGNORED = ("/mlartifacts/", "/.cd4ml/")
 
 
 class PipelineFailed(RuntimeError):
@@ -42,9 +45,18 @@ def _git(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def ensure_dvc(workdir: Path) -> str:
-    """Initialise DVC once: with git when the work directory is tracked by git, else without."""
-    if (workdir / ".dvc").is_dir():
-        return "existing"
+    """Initialise DVC once, and keep it out of MLflow's artifacts and cd4ml's scratch space."""
+    state = "existing" if (workdir / ".dvc").is_dir() else _init_dvc(workdir)
+    ignore = workdir / ".dvcignore"
+    lines = ignore.read_text().splitlines() if ignore.exists() else []
+    missing = [pattern for pattern in DVC_IGNORED if pattern not in lines]
+    if missing:
+        ignore.write_text("\n".join([*lines, *missing]) + "\n")
+    return state
+
+
+def _init_dvc(workdir: Path) -> str:
+    """With git when the work directory is tracked by git, else without."""
     from dvc.repo import Repo
 
     top = _git(workdir, "rev-parse", "--show-toplevel")
@@ -104,12 +116,14 @@ def run_pipeline(workdir: Path, on_stage=None) -> list[StageResult]:
     os.chdir(workdir)  # DVC resolves stage names against the current directory
     results = []
     with Repo(str(workdir)) as repo:
-        for name in stage_names(workdir):
+        names = stage_names(workdir)
+        first = _first_changed(repo, names)
+        for index, name in enumerate(names):
             if on_stage:
                 on_stage(name)
             started = time.perf_counter()
             try:
-                ran = bool(repo.reproduce(name, single_item=True))
+                ran = index >= first and bool(repo.reproduce(name, single_item=True))
             except DvcException as exc:
                 if failure.exists():
                     info = json.loads(failure.read_text())
@@ -119,6 +133,21 @@ def run_pipeline(workdir: Path, on_stage=None) -> list[StageResult]:
             summary = summary_file.read_text().strip() if summary_file.exists() else ""
             results.append(StageResult(name, ran, time.perf_counter() - started, summary))
     return results
+
+
+def _first_changed(repo, names: list[str]) -> int:
+    """Index of the first stage DVC reports changed, len(names) if none.
+
+    Stages before it cannot run (nothing upstream of them changed), so they are not asked one
+    by one: a single status costs what one `reproduce` does, and a no-op run stays ~1 s.
+    """
+    from dvc.exceptions import DvcException
+
+    try:
+        changed = repo.status()
+    except DvcException:
+        return 0  # let each stage's reproduce report what is wrong
+    return next((i for i, name in enumerate(names) if name in changed), len(names))
 
 
 def record_summary(workdir: Path, stage: str, summary: str) -> None:

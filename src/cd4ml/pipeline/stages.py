@@ -50,9 +50,38 @@ def ingest(root: Path) -> str:
     except SpecError as exc:
         write_report(paths.reports / "validation.json", "failed", failed, [Problem(source, "-", str(exc), 1)])
         raise
+    if params.data.segment or params.data.until:
+        report = restrict(paths.ingested, params.data.segment, params.data.until)
     _json(paths.reports / "ingest.json", {"rows": report.rows, "series": report.series,
                                           "rows_read": report.rows_read, "zero_rows_filled": report.zero_rows_filled})
     return f"{spec.name}: {report.rows:,} rows, {report.series:,} series, {report.first_date}..{report.last_date}"
+
+
+def restrict(ingested: Path, segment: dict[str, list[str]], until: date | None):
+    """Keep one segment (per-segment models for the `multiple` release strategy) and/or the
+    sales up to a date (backtests, simulations); dataset.json's report follows."""
+    from cd4ml.data.ingest import IngestReport
+    from cd4ml.data.validation import DataValidationError, Problem
+
+    table = ingested / "sales.parquet"
+    dataset = json.loads((ingested / "dataset.json").read_text())
+    keys = dataset["spec"]["series_keys"]
+    frame = pd.read_parquet(table)
+    if until is not None:
+        frame = frame[pd.to_datetime(frame["date"]) <= pd.Timestamp(until)]
+    for column, values in segment.items():
+        if column not in frame.columns:
+            raise DataValidationError([Problem(str(table), column, "segment column is an attribute", 1)])
+        frame = frame[frame[column].astype(str).isin([str(v) for v in values])]
+    if frame.empty:
+        raise DataValidationError([Problem(str(table), "date", f"rows in segment {segment} up to {until}", 1)])
+    frame.to_parquet(table, index=False)
+    report = IngestReport(**dataset["report"])
+    report.rows, report.series = len(frame), len(frame.drop_duplicates(keys))
+    report.first_date, report.last_date = str(frame["date"].min())[:10], str(frame["date"].max())[:10]
+    dataset["report"] = report.__dict__
+    (ingested / "dataset.json").write_text(json.dumps(dataset, indent=2, default=str))
+    return report
 
 
 def validate(root: Path) -> str:
@@ -276,7 +305,9 @@ def gate(root: Path) -> str:
     if champion:
         checks.append(gates.slice_degradation(holdout.assign(champion=champion[2]), slices, "champion",
                                               f"champion v{champion[0]}", p))
-    checks.append(gates.onnx_parity(load_model(paths.model).predict(X), holdout["prediction"].to_numpy(), p))
+    # the ONNX file that will ship, scored now: evaluate's predictions may come from another file
+    shipped = serving.predictor.predict_features(X)
+    checks.append(gates.onnx_parity(load_model(paths.model).predict(X), shipped, p))
     status = json.loads((paths.reports / "validation.json").read_text())["status"]
     checks += [gates.data_valid(status), gates.contract(X, serving_X)]
     result = gates.report(checks)

@@ -21,7 +21,7 @@ from cd4ml.monitoring.predictionlog import PredictionLogger
 from cd4ml.serving.arms import Arms, registry_handle
 from cd4ml.serving.guards import Guard
 from cd4ml.serving.models import LoadedModel
-from cd4ml.serving.requests import FeedbackRequest, PredictResponse, request_models
+from cd4ml.serving.requests import AlertmanagerWebhook, FeedbackRequest, PredictResponse, request_models
 from cd4ml.serving.routing import CHAMPION_ARM, Routing, load_routing, save_routing
 from cd4ml.serving.settings import GatewaySettings
 from cd4ml.serving.telemetry import Telemetry
@@ -93,8 +93,12 @@ def _top_contributions(model: LoadedModel, X: np.ndarray, top: int) -> list[list
 def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAPI:
     telemetry = Telemetry()
     routing_file = settings.resolved_routing_file()
-    arms = Arms(settings, load_routing(routing_file), make_handle)
+    feedback_store = FeedbackStore(settings.resolved_feedback())
+    keys: list[str] = []
+    arms = Arms(settings, load_routing(routing_file), make_handle,
+                actuals=lambda: feedback_store.actuals_frame(keys) if keys else None)
     champion = arms.champion.current
+    keys.extend(champion.spec.series_keys)
     Row, PredictRequest = request_models(champion.spec, _key_kinds(champion), settings.max_rows)
     served = ServedIndex()
     state: dict = {}
@@ -105,7 +109,7 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
     async def lifespan(app: FastAPI):
         state["log"] = PredictionLogger.from_url(settings.resolved_log(), settings.log_queue_size,
                                                  on_drop=telemetry.log_dropped.inc)
-        state["feedback"] = FeedbackStore(settings.resolved_feedback())
+        state["feedback"] = feedback_store
         watcher = asyncio.create_task(watch_routing()) if settings.poll_seconds > 0 else None
         yield
         if watcher:
@@ -152,6 +156,7 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
             "request_id": request_id, "ts": time.time(), "model_name": model.name, "model_version": model.version,
             "arm": arm, "rows": [r.model_dump(mode="json") for _, r in rows], "predictions": values,
             "contributions": contributions, "latency_ms": (time.perf_counter() - started) * 1000,
+            "origin": model.scorer.origin.isoformat(),
         })
 
     def shadow(request_id: str, arm: str, rows) -> None:
@@ -219,6 +224,7 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
                     raise RequestValidationError([{"loc": ["body", "actual"], "type": "length",
                                                    "msg": f"expected {len(known.predictions)} actual(s), one per row"}])
                 state["feedback"].record(body.request_id, "actual", actual, known)
+                state["feedback"].add_actuals(keys, known.rows, actual)
                 recorded.append("actual")
             if body.reward is not None:
                 state["feedback"].record(body.request_id, "reward", body.reward, known)
@@ -255,7 +261,9 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
     @app.get("/metrics")
     async def metrics():
         depth = state["log"].depth if "log" in state else 0
-        return Response(telemetry.render(arms, depth), media_type="text/plain; version=0.0.4")
+        monitored = settings.workdir / "reports" / "monitor" / "monitor.prom"  # the latest `cd4ml monitor`
+        extra = monitored.read_bytes() if monitored.exists() else b""
+        return Response(telemetry.render(arms, depth) + extra, media_type="text/plain; version=0.0.4")
 
     @app.post("/admin/reload", dependencies=[Depends(require_admin)])
     async def reload():
@@ -263,6 +271,27 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
         return {"changed": any(c for c, _ in results.values()),
                 "message": "; ".join(f"{a}: {m}" for a, (_, m) in results.items()),
                 "live": arms.champion.describe(), "arms": arms.live()}
+
+    handled_alerts: set[str] = set()
+
+    @app.post("/admin/alerts", dependencies=[Depends(require_admin)])
+    async def alerts(payload: AlertmanagerWebhook):
+        """Alertmanager webhook: a firing alert labelled action=rollback rolls the champion back."""
+        from cd4ml.registry import Registry, RegistryError
+
+        firing = [a for a in payload.alerts if a.status == "firing" and a.labels.get("action") == "rollback"
+                  and a.fingerprint not in handled_alerts]
+        if not firing:
+            return {"actions": [], "message": "no new firing alert asks for a rollback"}
+        registry = Registry(settings.resolved_tracking_uri(), settings.model_name)
+        names = ", ".join(a.labels.get("alertname", "alert") for a in firing)
+        try:
+            move = await run_in_threadpool(registry.rollback, f"Alertmanager: {names}", "alertmanager")
+        except RegistryError as exc:
+            raise HTTPException(409, str(exc)) from None
+        handled_alerts.update(a.fingerprint for a in firing)
+        await run_in_threadpool(arms.champion.reload)
+        return {"actions": [f"rollback v{move.from_version} → v{move.to_version}"], "live": arms.champion.describe()}
 
     @app.get("/admin/routing", dependencies=[Depends(require_admin)])
     async def get_routing():

@@ -12,22 +12,26 @@ from cd4ml.serving.settings import GatewaySettings
 
 
 def registry_handle(settings: GatewaySettings, target: str) -> ModelHandle:
-    """A handle following a registry alias, or pinned to a version number (or `settings.model`)."""
+    """A handle following a registry alias or pinned to a version (or `settings.model`); the
+    target may name another registered model, e.g. a per-segment one: `sales-produce@champion`."""
     from cd4ml.config import Paths
     from cd4ml.registry import Registry, RegistryError, resolve_bundle
 
     store = settings.resolved_tracking_uri()
     cache = Paths(settings.workdir.resolve()).cache / "models"
 
+    name, _, reference = target.rpartition("@") if "@" in target else target.rpartition("/")
+    name = name or settings.model_name  # "alias", "7", "other-model@alias" or "other-model/7"
+
     def resolve() -> tuple[str, str, str]:
         if settings.model:
-            return settings.model, settings.model_name, settings.model
-        if target.isdigit():
-            return f"models:/{settings.model_name}/{target}", settings.model_name, target
-        version = Registry(store, settings.model_name).alias(target)
+            return settings.model, name, settings.model
+        if reference.isdigit():
+            return f"models:/{name}/{reference}", name, reference
+        version = Registry(store, name).alias(reference)
         if version is None:
-            raise RegistryError(f"{settings.model_name} has no '{target}' alias yet: run `cd4ml run` first")
-        return f"models:/{settings.model_name}/{version}", settings.model_name, version
+            raise RegistryError(f"{name} has no '{reference}' alias yet: run `cd4ml run` first")
+        return f"models:/{name}/{version}", name, version
 
     return ModelHandle(resolve, lambda uri: resolve_bundle(uri, store, cache), settings.poll_seconds)
 
@@ -35,8 +39,8 @@ def registry_handle(settings: GatewaySettings, target: str) -> ModelHandle:
 class Arms:
     """Live handles per arm plus the routing that chooses among them."""
 
-    def __init__(self, settings: GatewaySettings, routing: Routing, make_handle=registry_handle):
-        self.settings, self.make_handle = settings, make_handle
+    def __init__(self, settings: GatewaySettings, routing: Routing, make_handle=registry_handle, actuals=None):
+        self.settings, self.make_handle, self.actuals = settings, make_handle, actuals
         self.handles: dict[str, ModelHandle] = {}
         self.rng = random.Random()
         self._lock = threading.Lock()
@@ -54,6 +58,8 @@ class Arms:
                 if handle is None or handle.target != target:
                     handle = self.make_handle(self.settings, target)
                     handle.target = target
+                    if self.actuals:
+                        handle.follow_actuals(self.actuals)
                     handle.reload()
                     if handle.current is None:
                         raise ValueError(f"arm '{arm}' ({target}) cannot be loaded: {handle.last_error}")

@@ -31,6 +31,9 @@ class SQLiteBanditStore:
         self.discount = discount
         self.db = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
+        # a reward is one small commit on the /feedback path: with WAL, NORMAL skips the fsync per
+        # commit (~5 ms → ~0.05 ms) and still survives a crash of the gateway (not of the machine)
+        self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS bandit (arm TEXT PRIMARY KEY, n REAL, s REAL)")
 
     def stats(self, arms: list[str]) -> dict[str, tuple[float, float]]:

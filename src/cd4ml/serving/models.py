@@ -29,6 +29,7 @@ class LoadedModel:
     table: FeatureTable
     bundle: Path
     loaded_at: float = field(default_factory=time.time)
+    actuals_seen: int = 0  # observed sales rows folded into its history
 
     @property
     def spec(self):
@@ -61,11 +62,16 @@ class LoadedModel:
         return self._booster_cache
 
 
-def load(uri: str, name: str, version: str, bundle: Path) -> LoadedModel:
-    """Load a bundle and warm it: build the feature table and run one prediction."""
-    from cd4ml.bundle import scorer
+def load(uri: str, name: str, version: str, bundle: Path, actuals=None) -> LoadedModel:
+    """Load a bundle (its history extended by `actuals`, if any) and warm it: build the feature
+    table and run one prediction."""
+    from cd4ml.scoring import Predictor, SeriesData
 
-    score = scorer(bundle)
+    predictor = Predictor.read(bundle)
+    data = SeriesData.read(bundle)
+    if actuals is not None and len(actuals):
+        data = data.extended(actuals, predictor.spec.series_keys, predictor.spec.period_days)
+    score = Scorer(predictor, data)
     table = FeatureTable(score)
     model = LoadedModel(name, version, uri, score, table, bundle)
     model.predict(table.matrix[:1])
@@ -76,9 +82,10 @@ def load(uri: str, name: str, version: str, bundle: Path) -> LoadedModel:
 class ModelHandle:
     """The live model of one alias; reloads when the alias moves."""
 
-    def __init__(self, resolve, fetch, poll_seconds: float):
+    def __init__(self, resolve, fetch, poll_seconds: float, actuals=None):
         self._resolve = resolve  # () -> (uri, name, version) the alias points at now
         self._fetch = fetch  # uri -> local bundle folder
+        self._actuals = actuals or (lambda: None)  # () -> observed sales (keys, date, sales) or None
         self.poll_seconds = poll_seconds
         self.target = ""  # the alias or version this handle follows
         self.current: LoadedModel | None = None
@@ -89,25 +96,39 @@ class ModelHandle:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def reload(self) -> tuple[bool, str]:
-        """Load the alias' version if it differs from the live one; (changed, message)."""
+    def reload(self, with_new_actuals: bool = True) -> tuple[bool, str]:
+        """Load the alias' version if it differs from the live one — or, with `with_new_actuals`,
+        if observed sales arrived since it was loaded; (changed, message).
+
+        The alias watcher passes False: actuals trickle in request by request, so the origin
+        moves only when someone says a day is complete (POST /admin/reload, `cd4ml actuals`).
+        """
         with self._lock:
             try:
                 uri, name, version = self._resolve()
-                if self.current and self.current.version == version and self.current.uri == uri:
+                actuals = self._actuals()
+                count = 0 if actuals is None else len(actuals)
+                current = self.current
+                same_model = current and current.version == version and current.uri == uri
+                if same_model and (not with_new_actuals or count == current.actuals_seen):
                     return False, f"{name} v{version} already live"
-                model = load(uri, name, version, self._fetch(uri))
+                model = load(uri, name, version, self._fetch(uri), actuals)
             except Exception as exc:  # a bad version must never take the live one down
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self.failures += 1
                 log.error("model load failed, keeping %s: %s", self.describe(), self.last_error)
                 return False, self.last_error
             previous = self.describe()
+            model.actuals_seen = 0 if actuals is None else len(actuals)
             self.current = model
             self.last_error = None
             self.reloads += 1
-            log.info("model swapped: %s → %s v%s", previous, name, version)
-            return True, f"{previous} → {name} v{version}"
+            log.info("model swapped: %s → %s v%s (origin %s)", previous, name, version, model.scorer.origin)
+            return True, f"{previous} → {name} v{version} (origin {model.scorer.origin})"
+
+    def follow_actuals(self, actuals) -> None:
+        """Extend the live model's history with observed sales from `actuals()` on each reload."""
+        self._actuals = actuals
 
     def describe(self) -> str:
         return f"{self.current.name} v{self.current.version}" if self.current else "none"
@@ -120,7 +141,7 @@ class ModelHandle:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_seconds):
-            self.reload()
+            self.reload(with_new_actuals=False)
 
     def stop(self) -> None:
         self._stop.set()

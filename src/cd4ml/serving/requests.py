@@ -68,3 +68,17 @@ class FeedbackRequest(BaseModel):
         if self.actual is None and self.reward is None:
             raise ValueError("give an actual, a reward, or both")
         return self
+
+
+class Alert(BaseModel):
+    status: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    fingerprint: str = ""
+
+
+class AlertmanagerWebhook(BaseModel):
+    """The body Alertmanager's webhook receiver posts (version 4); unknown fields are ignored."""
+
+    status: str
+    alerts: list[Alert] = Field(default_factory=list, max_length=1000)

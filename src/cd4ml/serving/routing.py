@@ -65,6 +65,8 @@ class Routing(BaseModel):
             raise ValueError(f"strategy '{self.strategy}' needs at least two arms")
         if self.strategy == "canary" and "challenger" not in self.arms:
             raise ValueError("canary needs a 'challenger' arm")
+        if any(not 0 <= share <= 1 for share in self.shares.values()):
+            raise ValueError("each share must be between 0 and 1")
         unknown = [a for a in self.shares if a not in self.arms]
         if unknown:
             raise ValueError(f"shares name unknown arms: {', '.join(unknown)}")
@@ -85,7 +87,11 @@ class Routing(BaseModel):
 def load_routing(path: Path) -> Routing:
     if not path.exists():
         return Routing()
-    return Routing.model_validate(yaml.safe_load(path.read_text()) or {})
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:  # a ValueError, so a half-edited file cannot stop the gateway's watcher
+        raise ValueError(f"{path} is not valid YAML: {exc}") from None
+    return Routing.model_validate(loaded or {})
 
 
 def save_routing(path: Path, routing: Routing) -> None:

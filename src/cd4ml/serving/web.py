@@ -16,7 +16,7 @@ def catalog(arms) -> dict:
     model = arms.champion.current
     series = model.scorer.attributes.reset_index()
     keys = model.spec.series_keys
-    attributes = [c for c in series.columns if c not in keys]
+    attributes = [c for c in series.columns if c not in keys and c != "weight"]
     fields = []
     for key in keys:
         own = [a for a in attributes if series.groupby(key)[a].nunique().max() == 1]
