@@ -220,6 +220,12 @@ def resolve_bundle(model: str, tracking_uri: str, cache: Path) -> Path:
         raise RegistryError(f"{model}: neither a bundle folder nor a model URI like models:/sales-forecaster@champion")
     from mlflow.exceptions import MlflowException
 
+    if model.startswith("models:/") and "@" in model:  # an alias moves: cache by the version it names
+        name, alias = model.removeprefix("models:/").split("@", 1)
+        version = Registry(tracking_uri, name).alias(alias)
+        if version is None:
+            raise RegistryError(f"{name} has no '{alias}' alias: run `cd4ml run` first")
+        model = f"models:/{name}/{version}"
     folder = cache / hashlib.sha256(f"{tracking_uri}|{model}".encode()).hexdigest()[:16]
     try:
         return download_bundle(model, tracking_uri, folder)

@@ -40,10 +40,11 @@ class DuplicateFeedback(ValueError):
 
 
 class ServedIndex:
-    """request id → what was served, for the most recent requests."""
+    """request id → what was served: recent requests in memory, older ones (or another worker's)
+    from the prediction log when it can be read."""
 
-    def __init__(self, capacity: int = RECENT):
-        self.capacity = capacity
+    def __init__(self, capacity: int = RECENT, log_url: str | None = None):
+        self.capacity, self.log_url = capacity, log_url
         self._items: OrderedDict[str, Served] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -54,7 +55,18 @@ class ServedIndex:
                 self._items.popitem(last=False)
 
     def get(self, request_id: str) -> Served | None:
-        return self._items.get(request_id)
+        return self._items.get(request_id) or self._logged(request_id)
+
+    def _logged(self, request_id: str) -> Served | None:
+        if not self.log_url or not self.log_url.startswith("sqlite:"):
+            return None
+        path = Path(self.log_url.removeprefix("sqlite:///"))
+        if not path.exists():
+            return None
+        with sqlite3.connect(path, timeout=30) as db:
+            found = db.execute("SELECT arm, model_version, predictions, rows FROM predictions WHERE request_id = ? "
+                               "AND arm NOT LIKE 'shadow:%'", (request_id,)).fetchone()
+        return Served(found[0], found[1], json.loads(found[2]), json.loads(found[3])) if found else None
 
 
 class FeedbackStore:

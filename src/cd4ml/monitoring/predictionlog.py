@@ -19,7 +19,7 @@ BATCH = 500
 
 
 class PredictionLogger:
-    def __init__(self, sink: Sink, capacity: int = 10_000, on_drop: Callable[[], None] | None = None):
+    def __init__(self, sink: Sink, capacity: int = 10_000, on_drop: Callable[[int], object] | None = None):
         self.sink, self.capacity = sink, capacity
         self.dropped = 0
         self.written = 0
@@ -31,7 +31,8 @@ class PredictionLogger:
         self._thread.start()
 
     @classmethod
-    def from_url(cls, url: str, capacity: int = 10_000, on_drop=None) -> PredictionLogger:
+    def from_url(cls, url: str, capacity: int = 10_000,
+                 on_drop: Callable[[int], object] | None = None) -> PredictionLogger:
         return cls(open_sink(url), capacity, on_drop)
 
     @property
@@ -41,9 +42,7 @@ class PredictionLogger:
     def log(self, record: dict[str, Any]) -> bool:
         """Queue a record; False (and counted) when the queue is full. Never blocks."""
         if len(self._queue) >= self.capacity or self._closing:
-            self.dropped += 1
-            if self._on_drop:
-                self._on_drop()
+            self._count_dropped(1)
             return False
         self._queue.append(record)
         if len(self._queue) >= BATCH:
@@ -66,7 +65,13 @@ class PredictionLogger:
                 self.written += len(batch)
             except Exception:  # a sink outage must not kill the writer; the batch is counted
                 log.exception("prediction log sink failed; %d records lost", len(batch))
-                self.dropped += len(batch)
+                self._count_dropped(len(batch))
+
+    def _count_dropped(self, records: int) -> None:
+        """Queue-full drops and records a failing sink lost: both reach `on_drop` (the metric)."""
+        self.dropped += records
+        if self._on_drop:
+            self._on_drop(records)
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush everything queued, then close the sink."""

@@ -175,10 +175,31 @@ def featurize(root: Path) -> str:
     return ", ".join(f"{part} {n:,}" for part, n in counts.items()) + f" rows × {len(fs.columns)} features"
 
 
-def load_part(paths: Paths, part: str, columns: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(features, labels) of one part of the feature table."""
-    frame = pd.read_parquet(paths.features / f"{part}.parquet")
-    return frame[columns], frame.drop(columns=columns)
+def load_part(
+    paths: Paths, part: str, columns: list[str], labels: list[str] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(features, labels) of one part of the feature table; `labels` picks columns (default: all).
+
+    Features are filled batch by batch into one float32 block that LightGBM and ONNX read
+    without a copy: reading the whole table into pandas and splitting it held three copies
+    (4.5 GB peak for 5.1M training rows at 10M sample rows).
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    file = pq.ParquetFile(paths.features / f"{part}.parquet")
+    features = np.empty((file.metadata.num_rows, len(columns)), dtype=np.float32, order="F")
+    start = 0
+    for batch in file.iter_batches(batch_size=256_000, columns=columns):
+        for j, column in enumerate(columns):
+            features[start:start + batch.num_rows, j] = batch.column(column).to_numpy()
+        start += batch.num_rows
+    if labels is None:
+        labels = [name for name in file.schema_arrow.names if name not in columns]
+    label_frame = file.read(columns=labels).to_pandas()
+    pa.default_memory_pool().release_unused()  # decoding buffers, else kept for the whole stage
+    return pd.DataFrame(features, columns=columns, copy=False), label_frame
 
 
 def feature_spec(paths: Paths):
@@ -195,8 +216,8 @@ def train(root: Path) -> str:
 
     paths, params = Paths(root), load_params(Paths(root).params)
     fs = feature_spec(paths)
-    X, labels = load_part(paths, "train", fs.columns)
-    Xv, valid = load_part(paths, "valid", fs.columns)
+    X, labels = load_part(paths, "train", fs.columns, labels=["sales", "weight"])
+    Xv, valid = load_part(paths, "valid", fs.columns, labels=["sales"])
     model = make_model(params.model.type, params.model.chosen)
     with tracking.run(root, params.tracking.experiment) as active:
         model.fit(X, labels["sales"].to_numpy(), labels["weight"].to_numpy(),

@@ -1,6 +1,7 @@
 """The gateway's app factory: `create_app(settings)` builds an isolated, fully wired gateway."""
 
 import asyncio
+from datetime import date
 import secrets
 import time
 import uuid
@@ -21,6 +22,7 @@ from cd4ml.monitoring.predictionlog import PredictionLogger
 from cd4ml.serving.arms import Arms, registry_handle
 from cd4ml.serving.guards import Guard
 from cd4ml.serving.models import LoadedModel
+from cd4ml.serving.online import OnlineLearner, register_snapshot
 from cd4ml.serving.requests import AlertmanagerWebhook, FeedbackRequest, PredictResponse, request_models
 from cd4ml.serving.routing import CHAMPION_ARM, Routing, load_routing, save_routing
 from cd4ml.serving.settings import GatewaySettings
@@ -57,8 +59,10 @@ def _problem(model: LoadedModel, i: int, key: tuple, day) -> dict:
                    + (" (weekly data: dates fall on one weekday)" if spec.period_days > 1 else "")}
 
 
-def score(model: LoadedModel, rows: list, explain: bool, top: int) -> tuple[list[float], list | None]:
-    """Predictions (and contributions) for validated rows; RequestValidationError names bad rows."""
+def score(model: LoadedModel, rows: list, explain: bool, top: int, learner: OnlineLearner | None = None
+          ) -> tuple[list[float], list | None]:
+    """Predictions (and contributions) for validated rows; RequestValidationError names bad rows.
+    An online arm's learner adds its learned correction."""
     spec, table = model.spec, model.table
     positions, problems = [], []
     for i, row in rows:
@@ -71,8 +75,23 @@ def score(model: LoadedModel, rows: list, explain: bool, top: int) -> tuple[list
         raise RequestValidationError(problems)
     covariates = np.array([[getattr(r, c) for c in spec.covariates] for _, r in rows], dtype=np.float32)
     X = table.gather(positions, covariates)
-    values = model.predict(X).tolist()
+    values = model.predict(X, learner.correction(X) if learner else None).tolist()
     return values, _top_contributions(model, X, top) if explain else None
+
+
+def learn_online(model: LoadedModel, learner: OnlineLearner, rows: list[dict], actual: list[float]) -> int:
+    """Teach an online arm the log errors its base model made on rows whose actuals arrived."""
+    spec = model.spec
+    found = [(model.table.row(tuple(r[k] for k in spec.series_keys), date.fromisoformat(r["date"])), r, a)
+             for r, a in zip(rows, actual, strict=True)]
+    found = [(p, r, a) for p, r, a in found if p is not None]
+    if not found:
+        return 0
+    covariates = np.array([[r[c] for c in spec.covariates] for _, r, _ in found], dtype=np.float32)
+    X = model.table.gather([p for p, _, _ in found], covariates)
+    observed = np.log1p(np.clip([a for _, _, a in found], 0, None))
+    learner.learn(X, observed - model.predict_log(X))
+    return len(found)
 
 
 def _top_contributions(model: LoadedModel, X: np.ndarray, top: int) -> list[list[dict]] | None:
@@ -100,9 +119,10 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
     champion = arms.champion.current
     keys.extend(champion.spec.series_keys)
     Row, PredictRequest = request_models(champion.spec, _key_kinds(champion), settings.max_rows)
-    served = ServedIndex()
+    served = ServedIndex(log_url=settings.resolved_log())
     state: dict = {}
     shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
+    snapshots = ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-snapshot")
     pending_shadows = {"count": 0}
 
     @asynccontextmanager
@@ -116,6 +136,7 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
             watcher.cancel()
         arms.stop()
         shadow_pool.shutdown(wait=True)
+        snapshots.shutdown(wait=True)
         state.pop("log").close()
 
     async def watch_routing() -> None:
@@ -191,7 +212,7 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
         answered = []
         for arm, members in groups.items():
             model = arms.handles[arm].current  # read once: this request finishes on this model
-            values, contributions = score(model, members, explain, settings.top_contributions)
+            values, contributions = score(model, members, explain, settings.top_contributions, arms.learners.get(arm))
             for n, (i, _) in enumerate(members):
                 predictions[i] = {"prediction": values[n], "arm": arm, "version": model.version}
                 if contributions is not None:
@@ -215,7 +236,8 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
         """Observed sales (`actual`) and/or a user reward in [0, 1] for a served request."""
         known = served.get(body.request_id)
         if known is None:
-            raise HTTPException(404, f"unknown request_id {body.request_id}: not served by this gateway recently")
+            raise HTTPException(404, f"unknown request_id {body.request_id}: not served (or not yet logged: "
+                                     "the log is written within a second)")
         recorded = []
         try:
             if body.actual is not None:
@@ -226,6 +248,12 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
                 state["feedback"].record(body.request_id, "actual", actual, known)
                 state["feedback"].add_actuals(keys, known.rows, actual)
                 recorded.append("actual")
+                learner = arms.learners.get(known.arm)
+                if learner is not None:
+                    before = learner.updates // arms.routing.snapshot_every
+                    learn_online(arms.handles[known.arm].current, learner, known.rows, actual)
+                    if learner.updates // arms.routing.snapshot_every > before:
+                        snapshots.submit(register_snapshot, settings, arms.handles[known.arm].current, learner)
             if body.reward is not None:
                 state["feedback"].record(body.request_id, "reward", body.reward, known)
                 recorded.append("reward")
@@ -280,7 +308,7 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
         from cd4ml.registry import Registry, RegistryError
 
         firing = [a for a in payload.alerts if a.status == "firing" and a.labels.get("action") == "rollback"
-                  and a.fingerprint not in handled_alerts]
+                  and a.incident not in handled_alerts]
         if not firing:
             return {"actions": [], "message": "no new firing alert asks for a rollback"}
         registry = Registry(settings.resolved_tracking_uri(), settings.model_name)
@@ -289,7 +317,7 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
             move = await run_in_threadpool(registry.rollback, f"Alertmanager: {names}", "alertmanager")
         except RegistryError as exc:
             raise HTTPException(409, str(exc)) from None
-        handled_alerts.update(a.fingerprint for a in firing)
+        handled_alerts.update(a.incident for a in firing)
         await run_in_threadpool(arms.champion.reload)
         return {"actions": [f"rollback v{move.from_version} → v{move.to_version}"], "live": arms.champion.describe()}
 

@@ -7,7 +7,8 @@ import threading
 
 from cd4ml.serving.bandits import BanditStore, choose, open_store
 from cd4ml.serving.models import LoadedModel, ModelHandle
-from cd4ml.serving.routing import CHAMPION_ARM, Routing, sticky_choice
+from cd4ml.serving.online import OnlineLearner
+from cd4ml.serving.routing import CHAMPION_ARM, ONLINE_ARM, Routing, sticky_choice
 from cd4ml.serving.settings import GatewaySettings
 
 
@@ -45,6 +46,7 @@ class Arms:
         self.rng = random.Random()
         self._lock = threading.Lock()
         self._bandit: BanditStore | None = None
+        self.learners: dict[str, OnlineLearner] = {}
         self.routing = routing
         self.routing_error: str | None = None
         self.apply(routing)
@@ -68,6 +70,11 @@ class Arms:
                 if fresh.get(arm) is not handle:
                     handle.stop()
             self.handles, self.routing, self.routing_error = fresh, routing, None
+            online = fresh.get(ONLINE_ARM) if routing.strategy == "online" else None
+            if online is None:
+                self.learners.clear()
+            elif ONLINE_ARM not in self.learners:
+                self.learners[ONLINE_ARM] = OnlineLearner(len(online.current.spec.columns))
             for handle in fresh.values():
                 handle.start_watching()
             return {arm: h.describe() for arm, h in fresh.items()}
@@ -85,7 +92,7 @@ class Arms:
     def primary(self, sticky_key: str) -> str:
         """The arm that answers a request (multiple routes per row instead)."""
         routing = self.routing
-        if routing.strategy in {"canary", "ab"}:
+        if routing.strategy in {"canary", "ab", "online"}:
             return sticky_choice(routing, sticky_key)
         if routing.strategy == "bandit":
             arms = list(routing.arms)

@@ -35,12 +35,16 @@ class LoadedModel:
     def spec(self):
         return self.scorer.spec
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
+    def predict_log(self, X: np.ndarray) -> np.ndarray:
+        """log1p(sales), the scale the model learned."""
+        session = self.scorer.predictor.session
+        return session.run(None, {session.get_inputs()[0].name: X})[0].ravel()
+
+    def predict(self, X: np.ndarray, correction: np.ndarray | None = None) -> np.ndarray:
         from cd4ml.models import to_sales
 
-        session = self.scorer.predictor.session
-        raw = session.run(None, {session.get_inputs()[0].name: X})[0]
-        return to_sales(raw)
+        raw = self.predict_log(X)
+        return to_sales(raw if correction is None else raw + correction)
 
     def contributions(self, X: np.ndarray) -> np.ndarray | None:
         """Per-feature contributions (log-sales) from the tree model itself; None if unsupported."""

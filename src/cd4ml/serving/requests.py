@@ -74,7 +74,13 @@ class Alert(BaseModel):
     status: str
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+    startsAt: str = ""  # Alertmanager's field name
     fingerprint: str = ""
+
+    @property
+    def incident(self) -> str:
+        """One firing of one alert: Alertmanager keeps the fingerprint across firings."""
+        return f"{self.fingerprint}@{self.startsAt}"
 
 
 class AlertmanagerWebhook(BaseModel):

@@ -3,9 +3,10 @@
 One YAML file (also readable and changeable through the admin API and `cd4ml release`)
 names the arms — each a registry alias or version — and how traffic is shared:
 
-    strategy: canary            # single | multiple | shadow | canary | ab | bandit
+    strategy: canary            # single | multiple | shadow | canary | ab | bandit | online
     arms: {champion: champion, challenger: challenger}   # arm name → alias or version
-    share: 0.1                  # canary: challenger's share; ab: see shares
+    share: 0.1                  # canary: challenger's share, online: the online arm's; ab: see shares
+    snapshot_every: 1000        # online: register the learned model every N actuals
     shares: {champion: 0.5, challenger: 0.5}
     sticky_by: header           # header (X-Client-Id, else the series key) | series
     segment: {column: family, arms: {PRODUCE: produce}, default: champion}   # multiple
@@ -24,8 +25,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Strategy = Literal["single", "multiple", "shadow", "canary", "ab", "bandit"]
+Strategy = Literal["single", "multiple", "shadow", "canary", "ab", "bandit", "online"]
 CHAMPION_ARM = "champion"
+ONLINE_ARM = "online"
 
 
 class Segment(BaseModel):
@@ -52,6 +54,7 @@ class Routing(BaseModel):
     share: float = Field(0.0, ge=0, le=1)
     shares: dict[str, float] = Field(default_factory=dict)
     sticky_by: Literal["header", "series"] = "header"
+    snapshot_every: int = Field(1000, ge=1)
     salt: str = "cd4ml"
     segment: Segment | None = None
     bandit: BanditSettings = BanditSettings()
@@ -60,11 +63,13 @@ class Routing(BaseModel):
     def _consistent(self) -> Routing:
         if CHAMPION_ARM not in self.arms:
             raise ValueError("arms must include 'champion'")
-        needs_two = {"shadow", "canary", "ab", "bandit"}
+        needs_two = {"shadow", "canary", "ab", "bandit", "online"}
         if self.strategy in needs_two and len(self.arms) < 2:
             raise ValueError(f"strategy '{self.strategy}' needs at least two arms")
         if self.strategy == "canary" and "challenger" not in self.arms:
             raise ValueError("canary needs a 'challenger' arm")
+        if self.strategy == "online" and ONLINE_ARM not in self.arms:
+            raise ValueError("online needs an 'online' arm (the model it starts from, e.g. online: champion)")
         if any(not 0 <= share <= 1 for share in self.shares.values()):
             raise ValueError("each share must be between 0 and 1")
         unknown = [a for a in self.shares if a not in self.arms]
@@ -108,10 +113,11 @@ def bucket(salt: str, key: str) -> float:
 
 
 def sticky_choice(routing: Routing, key: str) -> str:
-    """The arm for a sticky key under canary or A/B shares."""
+    """The arm for a sticky key under canary, online or A/B shares."""
     u = bucket(routing.salt, key)
-    if routing.strategy == "canary":
-        return "challenger" if u < routing.share else CHAMPION_ARM
+    if routing.strategy in {"canary", "online"}:
+        second = "challenger" if routing.strategy == "canary" else ONLINE_ARM
+        return second if u < routing.share else CHAMPION_ARM
     cumulative = 0.0
     shares = routing.ab_shares()
     for arm, share in shares.items():
