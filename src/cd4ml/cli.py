@@ -150,22 +150,27 @@ MODEL = typer.Option(None, "--model", "-m", help="Bundle folder or model URI; de
 REASON = typer.Option("", "--reason", help="Why: kept in the alias history.")
 
 
+def _model_name(workdir: Path) -> str:
+    from cd4ml.config import load_params
+
+    params_file = workdir.resolve() / "params.yaml"
+    return load_params(params_file).registry.model_name if params_file.exists() else "sales-forecaster"
+
+
 def _registry(workdir: Path):
-    from cd4ml.config import load_params, tracking_uri
+    from cd4ml.config import tracking_uri
     from cd4ml.registry import Registry
 
-    workdir = workdir.resolve()
-    params_file = workdir / "params.yaml"
-    name = load_params(params_file).registry.model_name if params_file.exists() else "sales-forecaster"
-    return Registry(tracking_uri(workdir), name)
+    return Registry(tracking_uri(workdir.resolve()), _model_name(workdir))
 
 
 def _bundle(workdir: Path, model: str | None) -> Path:
+    """A bundle folder; the tracking store is opened only for a model URI (a local bundle
+    must not create an mlflow.db in the work directory)."""
     from cd4ml.config import Paths, tracking_uri
     from cd4ml.registry import CHAMPION, RegistryError, resolve_bundle
 
-    registry = _registry(workdir)
-    uri = model or f"models:/{registry.name}@{CHAMPION}"
+    uri = model or f"models:/{_model_name(workdir)}@{CHAMPION}"
     try:
         return resolve_bundle(uri, tracking_uri(workdir.resolve()), Paths(workdir.resolve()).cache / "models")
     except RegistryError as exc:

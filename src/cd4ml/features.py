@@ -163,8 +163,13 @@ def _paydays(dates: pd.Series, period_days: int) -> tuple[np.ndarray, np.ndarray
 
 
 def encode(values: pd.Series, vocabulary: list[str]) -> np.ndarray:
-    codes = pd.Categorical(values.astype(str), categories=vocabulary).codes
-    return codes.astype(np.float32)
+    positions = None
+    if isinstance(values.dtype, np.dtype) and values.dtype.kind in "iu":
+        # integer keys: format each distinct value once; str() per row dominates scoring time
+        positions, distinct = pd.factorize(values)
+        values = pd.Series(distinct)
+    codes = pd.Categorical(values.astype(str), categories=vocabulary).codes.astype(np.float32)
+    return codes if positions is None else codes[positions]
 
 
 def row_features(
@@ -207,7 +212,15 @@ def row_features(
     for c in fs.state_columns:
         if not c.startswith(("dow", "last_")):
             out[c] = frame[c].to_numpy()
-    return out[fs.columns].astype(np.float32).fillna(_no_history_defaults(fs))
+    # one float32 block built column by column: DataFrame.astype + fillna on the many
+    # single-column blocks above copied and consolidated the whole table twice
+    defaults = _no_history_defaults(fs)
+    columns = {}
+    for c in fs.columns:
+        values = out[c].to_numpy(np.float32, copy=True)
+        values[np.isnan(values)] = defaults[c]
+        columns[c] = values
+    return pd.DataFrame(columns, index=out.index)
 
 
 def _no_history_defaults(fs: FeatureSpec) -> dict[str, float]:

@@ -62,6 +62,7 @@ class LightGBMForecaster:
             booster = lgb.Booster(model_str=best)
         inputs = [("input", FloatTensorType([None, n_features]))]
         onx = convert_lightgbm(booster, initial_types=inputs, target_opset=15)
+        _round_thresholds_down(onx, booster)
         return onx.SerializeToString()
 
     def save(self, directory: Path) -> None:
@@ -74,3 +75,34 @@ class LightGBMForecaster:
         model = cls()
         model.booster_ = lgb.Booster(model_file=str(directory / "model.txt"))
         return model
+
+
+def _round_thresholds_down(onx, booster: lgb.Booster) -> None:
+    """Make ONNX's float32 split thresholds compare like LightGBM's float64 ones.
+
+    LightGBM splits at `x <= t` with t a double midway between two feature values; the ONNX
+    tree stores float32(t), which rounds *up* onto the upper value about half the time, so rows
+    holding exactly that value go left in ONNX and right in LightGBM. Rounding every such
+    threshold down to the previous float32 restores identical decisions for float32 inputs.
+    """
+    import numpy as np
+
+    doubles: dict[tuple[int, float], float] = {}
+
+    def collect(node: dict) -> None:
+        if "split_feature" in node:
+            key = (node["split_feature"], float(np.float32(node["threshold"])))
+            doubles[key] = min(doubles.get(key, node["threshold"]), node["threshold"])
+            collect(node["left_child"])
+            collect(node["right_child"])
+
+    for tree in booster.dump_model()["tree_info"]:
+        collect(tree["tree_structure"])
+    ensemble = next(n for n in onx.graph.node if n.op_type == "TreeEnsembleRegressor")
+    attributes = {a.name: a for a in ensemble.attribute}
+    values = list(attributes["nodes_values"].floats)
+    for i, (value, feature) in enumerate(zip(values, attributes["nodes_featureids"].ints, strict=True)):
+        threshold = doubles.get((feature, float(np.float32(value))))
+        if threshold is not None and float(np.float32(value)) > threshold:
+            values[i] = float(np.nextafter(np.float32(value), np.float32(-np.inf)))
+    attributes["nodes_values"].floats[:] = values

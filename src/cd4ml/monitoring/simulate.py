@@ -142,8 +142,10 @@ def simulate(workdir: Path, scenario: Scenario, progress=print) -> list[Day]:
     workdir = workdir.resolve()
     world_dir = workdir / "world"
     cutoff, shift = make_world(world_dir, scenario)
+    # A holdout straddling the shift makes absolute bounds (R² on raw sales above all) meaningless;
+    # the relative gates — beat seasonal naive, not worse than the re-scored champion — decide.
     base = [f"data.source={world_dir}", f"split.horizon={scenario.horizon}", "split.train_origins=16",
-            "split.origin_stride=3", "gates.max_nwrmsle=1.5", "gates.slice_tolerance=0.5"]
+            "split.origin_stride=3", "gates.max_nwrmsle=1.5", "gates.min_r2=-100", "gates.slice_tolerance=0.5"]
     first = cd4ml("run", "--workdir", str(workdir), *sum((["--set", s] for s in [*base, f"data.until={cutoff}"]), []))
     if first.returncode != 0:
         raise RuntimeError(f"initial training failed:\n{first.stderr[-3000:]}")
