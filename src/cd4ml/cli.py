@@ -479,7 +479,7 @@ def simulate(
     days: int = typer.Option(30, min=3),
     scenario: str = typer.Option("shift", help="shift: retrain, canary, promote · bad-release: roll back."),
     shift_day: int = typer.Option(4, help="Simulated day the demand of --family drops."),
-    family: str = typer.Option("PRODUCE"),
+    family: str = typer.Option("GROCERY I", help="Product family whose demand drops."),
     factor: float = typer.Option(0.3, help="Demand multiplier after the shift."),
 ) -> None:
     """The closed loop on sample data through the real gateway: drift, decay, retrain, release."""

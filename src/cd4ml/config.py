@@ -13,8 +13,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cd4ml.gates import GateParams
-
 PROJECT_FILES = ("dvc.yaml", "params.yaml")
 
 
@@ -64,6 +62,18 @@ class ModelParams(_Strict):
 
 class EvaluateParams(_Strict):
     plot_series: int = 6
+
+
+class GateParams(_Strict):
+    """Promotion thresholds (see cd4ml.gates)."""
+
+    max_nwrmsle: float = 0.8  # CD4ML workshop style absolute bounds on the holdout
+    min_r2: float = 0.0
+    min_gain_over_baseline: float = 0.05  # relative NWRMSLE improvement over seasonal naive
+    champion_tolerance: float = 0.02  # may be at most this much (relative) worse than the champion
+    slice_tolerance: float = 0.10  # no slice more than this much (relative) worse
+    slice_min_rows: int = 100  # smaller slices are too noisy to judge
+    onnx_tolerance: float = 1e-4  # max |log1p difference| between ONNX and native predictions
 
 
 class TrackingParams(_Strict):

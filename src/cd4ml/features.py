@@ -163,13 +163,8 @@ def _paydays(dates: pd.Series, period_days: int) -> tuple[np.ndarray, np.ndarray
 
 
 def encode(values: pd.Series, vocabulary: list[str]) -> np.ndarray:
-    positions = None
-    if isinstance(values.dtype, np.dtype) and values.dtype.kind in "iu":
-        # integer keys: format each distinct value once; str() per row dominates scoring time
-        positions, distinct = pd.factorize(values)
-        values = pd.Series(distinct)
-    codes = pd.Categorical(values.astype(str), categories=vocabulary).codes.astype(np.float32)
-    return codes if positions is None else codes[positions]
+    codes = pd.Categorical(values.astype(str), categories=vocabulary).codes
+    return codes.astype(np.float32)
 
 
 def row_features(
@@ -237,7 +232,8 @@ def holiday_counts_lookup(
     if len(local):
         for column in fs.local_columns:
             index = pd.MultiIndex.from_arrays([dates, frame[column].astype(str)])
-            loc += local.reindex(index).fillna(0).to_numpy(dtype=np.float32)
+            # a city and its province may share a name: count a local holiday once
+            loc = np.maximum(loc, local.reindex(index).fillna(0).to_numpy(dtype=np.float32))
     return nat, loc
 
 

@@ -10,23 +10,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
 
+from cd4ml.config import GateParams
 from cd4ml.metrics import nwrmsle
 
 EXIT_GATE_FAILED = 3
-
-
-class GateParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    max_nwrmsle: float = 0.8  # CD4ML workshop style absolute bounds on the holdout
-    min_r2: float = 0.0
-    min_gain_over_baseline: float = 0.05  # relative NWRMSLE improvement over seasonal naive
-    champion_tolerance: float = 0.02  # may be at most this much (relative) worse than the champion
-    slice_tolerance: float = 0.10  # no slice more than this much (relative) worse
-    slice_min_rows: int = 100  # smaller slices are too noisy to judge
-    onnx_tolerance: float = 1e-4  # max |log1p difference| between ONNX and native predictions
 
 
 @dataclass

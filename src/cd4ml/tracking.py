@@ -73,8 +73,18 @@ def stage_hashes(workdir: Path) -> dict[str, str]:
     return hashes
 
 
+def git_dirty(workdir: Path) -> str:
+    """Whether the checkout had uncommitted changes: the commit alone would not reproduce it."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=workdir,
+                             capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return "unknown"
+    return "unknown" if out.returncode else str(bool(out.stdout.strip())).lower()
+
+
 def lineage(workdir: Path, data_hash: str) -> dict[str, str]:
-    return {"data_hash": data_hash, "git_commit": git_commit(workdir),
+    return {"data_hash": data_hash, "git_commit": git_commit(workdir), "git_dirty": git_dirty(workdir),
             **{f"dvc.{k}": v for k, v in stage_hashes(workdir).items()}}
 
 

@@ -101,7 +101,8 @@ def _round_thresholds_down(onx, booster: lgb.Booster) -> None:
     ensemble = next(n for n in onx.graph.node if n.op_type == "TreeEnsembleRegressor")
     attributes = {a.name: a for a in ensemble.attribute}
     values = list(attributes["nodes_values"].floats)
-    for i, (value, feature) in enumerate(zip(values, attributes["nodes_featureids"].ints, strict=True)):
+    features = attributes["nodes_featureids"].ints
+    for i, (value, feature) in enumerate(zip(values, features, strict=True)):
         threshold = doubles.get((feature, float(np.float32(value))))
         if threshold is not None and float(np.float32(value)) > threshold:
             values[i] = float(np.nextafter(np.float32(value), np.float32(-np.inf)))

@@ -71,6 +71,6 @@ def report(feedback: list[dict], min_rows: int = 100, alpha: float = 0.05) -> De
     short = [x.arm for x in (a, b) if x.rows < min_rows]
     if short:
         return Decision(results, p, None, f"not yet: {', '.join(short)} below {min_rows} rows with actuals")
-    if p >= alpha:
+    if not p < alpha:  # also NaN: identical, constant errors are no evidence for either arm
         return Decision(results, p, None, f"no significant difference yet (p = {p:.3f} ≥ {alpha})")
     return Decision(results, p, a.arm, f"{a.arm} wins: lower squared log error, p = {p:.4f} < {alpha}")

@@ -3,6 +3,7 @@
 import asyncio
 from datetime import date
 import secrets
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -123,7 +124,7 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
     state: dict = {}
     shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
     snapshots = ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-snapshot")
-    pending_shadows = {"count": 0}
+    shadow_slots = threading.BoundedSemaphore(settings.shadow_queue)  # atomic across the loop and shadow threads
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -135,23 +136,28 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
         if watcher:
             watcher.cancel()
         arms.stop()
-        shadow_pool.shutdown(wait=True)
+        shadow_pool.shutdown(wait=True, cancel_futures=True)  # queued shadow calls must not delay a stop
         snapshots.shutdown(wait=True)
         state.pop("log").close()
 
+    routing_seen = {"stamp": routing_file.stat().st_mtime_ns if routing_file.exists() else 0}
+
+    async def sync_routing() -> None:
+        """Apply an edit of routing.yaml (e.g. by `cd4ml release` or the controller)."""
+        stamp = routing_file.stat().st_mtime_ns if routing_file.exists() else 0
+        if stamp == routing_seen["stamp"]:
+            return
+        routing_seen["stamp"] = stamp
+        try:
+            await run_in_threadpool(arms.apply, load_routing(routing_file))
+        except (ValueError, OSError) as exc:
+            telemetry.routing_errors.inc()
+            arms.routing_error = str(exc)
+
     async def watch_routing() -> None:
-        """Apply edits of routing.yaml (e.g. by `cd4ml release`) within one poll interval."""
-        seen = routing_file.stat().st_mtime_ns if routing_file.exists() else 0
         while True:
             await asyncio.sleep(settings.poll_seconds)
-            stamp = routing_file.stat().st_mtime_ns if routing_file.exists() else 0
-            if stamp != seen:
-                seen = stamp
-                try:
-                    await run_in_threadpool(arms.apply, load_routing(routing_file))
-                except (ValueError, OSError) as exc:
-                    telemetry.routing_errors.inc()
-                    arms.routing_error = str(exc)
+            await sync_routing()
 
     app = FastAPI(title="cd4ml gateway", version="1", lifespan=lifespan, default_response_class=JSON,
                   description="Sales forecasts from the registry, with release strategies, hot reload, "
@@ -189,7 +195,7 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
         except Exception:  # a shadow never affects the response, but its failures are counted
             telemetry.shadow_failures.inc()
         finally:
-            pending_shadows["count"] -= 1
+            shadow_slots.release()
 
     @app.post("/predict", response_model=PredictResponse, responses={413: {"description": "body too large"}})
     async def predict(request: PredictRequest, explain: bool = Query(False, description="add top feature contributions"),
@@ -222,10 +228,9 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
             telemetry.predictions.labels(arm, model.version).inc(len(values))
             answered.append((arm, model))
         for arm in arms.shadows(answered[0][0]):
-            if pending_shadows["count"] >= settings.shadow_queue:
+            if not shadow_slots.acquire(blocking=False):
                 telemetry.shadow_skipped.inc()
                 continue
-            pending_shadows["count"] += 1
             asyncio.get_running_loop().run_in_executor(shadow_pool, shadow, request_id, arm, rows)
         arm, model = answered[0]
         return JSON({"request_id": request_id, "arm": arm,
@@ -295,6 +300,8 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
 
     @app.post("/admin/reload", dependencies=[Depends(require_admin)])
     async def reload():
+        """Re-read routing.yaml and the registry aliases now, and fold in new actuals."""
+        await sync_routing()
         results = {arm: await run_in_threadpool(h.reload) for arm, h in arms.handles.items()}
         return {"changed": any(c for c, _ in results.values()),
                 "message": "; ".join(f"{a}: {m}" for a, (_, m) in results.items()),
