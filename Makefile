@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WORKDIR ?= work
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean browser wrk
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,17 +20,25 @@ demo: $(STAMP)
 	@echo "Sales forecast page and API: http://127.0.0.1:5005  (Ctrl-C stops the gateway)"
 	$(BIN)/cd4ml serve --workdir $(WORKDIR) --port 5005
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/pytest -n 2 --dist loadgroup
+
+# Browser tests use Debian's Chromium: Playwright cannot download its own browser here.
+browser:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+wrk:
+	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
-bench: $(STAMP)
+bench: $(STAMP) wrk
 	$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python bench/accuracy.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/serving.py
 
 clean:
 	rm -rf $(WORKDIR) test-artifacts .pytest_cache
