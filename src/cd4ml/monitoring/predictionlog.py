@@ -31,8 +31,9 @@ class PredictionLogger:
         self._thread.start()
 
     @classmethod
-    def from_url(cls, url: str, capacity: int = 10_000,
-                 on_drop: Callable[[int], object] | None = None) -> PredictionLogger:
+    def from_url(
+        cls, url: str, capacity: int = 10_000, on_drop: Callable[[int], object] | None = None
+    ) -> PredictionLogger:
         return cls(open_sink(url), capacity, on_drop)
 
     @property

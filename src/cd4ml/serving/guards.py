@@ -60,5 +60,6 @@ class BodyTooLarge(HTTPException):
     error raised while it reads the body into a 400 "error parsing the body"."""
 
     def __init__(self):
-        super().__init__(413, detail=[{"loc": ["body"], "msg": "request body larger than the limit",
-                                       "type": "too_large"}])
+        super().__init__(
+            413, detail=[{"loc": ["body"], "msg": "request body larger than the limit", "type": "too_large"}]
+        )
