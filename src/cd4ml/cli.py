@@ -238,7 +238,11 @@ def verify(model_uri: str = typer.Argument(..., help="Bundle folder or model URI
     """Re-score a bundle's holdout and fail loudly if its metrics differ from those recorded."""
     from cd4ml.bundle import verify as check_bundle
 
-    results = check_bundle(_bundle(workdir, model_uri))
+    bundle = _bundle(workdir, model_uri)
+    try:
+        results = check_bundle(bundle)
+    except Exception as exc:  # whatever stops re-scoring (missing file, not ONNX, bad parquet) fails it
+        fail(f"{bundle} cannot be re-scored: {type(exc).__name__}: {exc}", 1)
     table = Table(title=f"verify {model_uri}")
     for column in ("metric", "recorded", "re-scored", "result"):
         table.add_column(column)
@@ -324,31 +328,46 @@ def release_set(
     """Change the release strategy; gateways apply it within one poll interval."""
     from pydantic import ValidationError
 
-    from cd4ml.release import change_routing, describe, routing_path
+    from cd4ml.release import change_routing, routing_path, unknown_arms
     from cd4ml.serving.routing import Routing, load_routing
 
-    current = load_routing(routing_path(workdir.resolve())).model_dump()
+    def pairs(option: str, values: list[str]) -> dict[str, str]:
+        wrong = [v for v in values if "=" not in v]
+        if wrong:
+            fail(f"{option} {wrong[0]!r}: expected NAME=VALUE", 2)
+        return dict(v.split("=", 1) for v in values)
+
+    try:
+        current = load_routing(routing_path(workdir.resolve())).model_dump()
+    except ValueError as exc:
+        fail(f"{exc}\nfix or delete the file first", 2)
     update: dict = {"strategy": strategy}
     if arm:
-        update["arms"] = {"champion": "champion"} | dict(a.split("=", 1) for a in arm)
+        update["arms"] = {"champion": "champion"} | pairs("--arm", arm)
     elif strategy != "single" and len(current["arms"]) < 2:
         update["arms"] = {"champion": "champion", "challenger": "challenger"}
     if share is not None:
         update["share"] = share
     if shares:
-        update["shares"] = {a: float(v) for a, v in (s.split("=", 1) for s in shares)}
+        update["shares"] = pairs("--shares", shares)
     if policy:
         update["bandit"] = current["bandit"] | {"policy": policy}
     if sticky_by:
         update["sticky_by"] = sticky_by
     if segment:
-        column, _, routes = segment.partition(":")
-        update["segment"] = {"column": column, "arms": dict(r.split("=", 1) for r in routes.split(",") if r)}
+        column, colon, routes = segment.partition(":")
+        if not colon:
+            fail(f"--segment {segment!r}: expected COLUMN:VALUE=ARM,VALUE=ARM", 2)
+        update["segment"] = {"column": column, "arms": pairs("--segment", [r for r in routes.split(",") if r])}
     try:
         routing = Routing.model_validate(current | update)
     except (ValidationError, ValueError) as exc:
         fail(f"invalid routing: {exc}", 2)
-    move = change_routing(workdir.resolve(), _registry(workdir), routing, reason or "changed by hand")
+    registry = _registry(workdir)
+    missing = unknown_arms(registry, routing)
+    if missing:
+        fail(f"invalid routing: {registry.name} has no version or alias for {', '.join(missing)}", 2)
+    move = change_routing(workdir.resolve(), registry, routing, reason or "changed by hand")
     console.print(f"routing: {move.from_version} → {move.to_version}", markup=False)
 
 
@@ -480,7 +499,7 @@ def simulate(
     scenario: str = typer.Option("shift", help="shift: retrain, canary, promote · bad-release: roll back."),
     shift_day: int = typer.Option(4, help="Simulated day the demand of --family drops."),
     family: str = typer.Option("GROCERY I", help="Product family whose demand drops."),
-    factor: float = typer.Option(0.3, help="Demand multiplier after the shift."),
+    factor: float = typer.Option(0.1, help="Demand multiplier after the shift."),
 ) -> None:
     """The closed loop on sample data through the real gateway: drift, decay, retrain, release."""
     from cd4ml.monitoring.simulate import Scenario

@@ -163,8 +163,13 @@ def _paydays(dates: pd.Series, period_days: int) -> tuple[np.ndarray, np.ndarray
 
 
 def encode(values: pd.Series, vocabulary: list[str]) -> np.ndarray:
-    codes = pd.Categorical(values.astype(str), categories=vocabulary).codes
-    return codes.astype(np.float32)
+    positions = None
+    if isinstance(values.dtype, np.dtype) and values.dtype.kind in "iu":
+        # integer keys: format each distinct value once; str() per row dominates scoring time
+        positions, distinct = pd.factorize(values)
+        values = pd.Series(distinct)
+    codes = pd.Categorical(values.astype(str), categories=vocabulary).codes.astype(np.float32)
+    return codes if positions is None else codes[positions]
 
 
 def row_features(
