@@ -12,7 +12,8 @@ import pytest
 from cd4ml.config import Paths, apply_overrides, init_project, load_params
 from cd4ml.features import FeatureSpec, seasonal_naive
 from cd4ml.metrics import nwrmsle
-from cd4ml.models import FAMILIES, Forecaster, load_model, make_model, onnx_predict
+from cd4ml.models import FAMILIES, Forecaster, load_model, make_model
+from cd4ml.target import onnx_predict
 from cd4ml.pipeline import stages
 
 Part = tuple[pd.DataFrame, pd.DataFrame]  # (features, labels with sales and weight)

@@ -96,7 +96,7 @@ class Predictor:
         return ort.InferenceSession(self.onnx, options, providers=["CPUExecutionProvider"])
 
     def predict_features(self, X: pd.DataFrame) -> np.ndarray:
-        from cd4ml.models import onnx_predict
+        from cd4ml.target import onnx_predict
 
         return onnx_predict(self.session, X)
 

@@ -1,14 +1,14 @@
 """Model families behind one interface: fit(X, y, weight) / predict(X) / to_onnx() / save / load.
 
 Every family learns log1p(sales), the scale Favorita's NWRMSLE scores, and `predict` returns
-sales. The ONNX export outputs the same log-scale value; `onnx_predict` finishes the transform.
+sales. The ONNX export outputs the same log-scale value (see `cd4ml.target`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from cd4ml.models.base import Forecaster, onnx_predict, to_sales
+from cd4ml.models.base import Forecaster
 from cd4ml.models.lightgbm_model import LightGBMForecaster
 from cd4ml.models.naive import SeasonalNaive
 from cd4ml.models.trees import DecisionTreeForecaster, RandomForestForecaster
@@ -32,4 +32,4 @@ def load_model(directory: Path) -> Forecaster:
     return FAMILIES[kind].load(directory)
 
 
-__all__ = ["FAMILIES", "Forecaster", "load_model", "make_model", "onnx_predict", "to_sales"]
+__all__ = ["FAMILIES", "Forecaster", "load_model", "make_model"]

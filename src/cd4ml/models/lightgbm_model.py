@@ -16,7 +16,8 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from cd4ml.models.base import to_log, to_sales, write_family
+from cd4ml.models.base import write_family
+from cd4ml.target import to_log, to_sales
 
 
 class LightGBMForecaster:

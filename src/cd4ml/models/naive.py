@@ -8,7 +8,8 @@ from typing import ClassVar, Self
 import numpy as np
 import pandas as pd
 
-from cd4ml.models.base import to_sales, write_family
+from cd4ml.models.base import write_family
+from cd4ml.target import to_sales
 
 
 class SeasonalNaive:

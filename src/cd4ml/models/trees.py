@@ -14,7 +14,8 @@ import pandas as pd
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.tree import DecisionTreeRegressor
 
-from cd4ml.models.base import to_log, to_sales, write_family
+from cd4ml.models.base import write_family
+from cd4ml.target import to_log, to_sales
 
 
 class _SklearnForecaster:

@@ -41,7 +41,7 @@ class LoadedModel:
         return session.run(None, {session.get_inputs()[0].name: X})[0].ravel()
 
     def predict(self, X: np.ndarray, correction: np.ndarray | None = None) -> np.ndarray:
-        from cd4ml.models import to_sales
+        from cd4ml.target import to_sales
 
         raw = self.predict_log(X)
         return to_sales(raw if correction is None else raw + correction)
