@@ -33,14 +33,36 @@ def history_span_days(fs: FeatureSpec) -> int:
     return longest * fs.period_days
 
 
-def series_data(sales: pd.DataFrame, holidays: pd.DataFrame, fs: FeatureSpec, from_origin: date) -> SeriesData:
-    """Recent history (enough for the state at `from_origin` and later), attributes, holidays."""
-    start = pd.Timestamp(from_origin - timedelta(days=history_span_days(fs)))
-    recent = sales[pd.to_datetime(sales["date"]) > start]
-    history = recent[["date", *fs.series_keys, "sales", *fs.covariates]].reset_index(drop=True)
+def series_data(table: Path, holidays: pd.DataFrame, fs: FeatureSpec, from_origin: date) -> SeriesData:
+    """Recent history (enough for the state at `from_origin` and later), attributes, holidays —
+    read out of core from the canonical table, which may not fit in memory."""
+    import duckdb
+
+    start = from_origin - timedelta(days=history_span_days(fs))
+    keys = ", ".join(f'"{k}"' for k in fs.series_keys)
+    covariates = "".join(f', "{c}"' for c in fs.covariates)
     # weight rides along for monitoring (NWRMSLE on live actuals); features never read it
-    series = sales[[*fs.series_keys, *fs.attributes, "weight"]].drop_duplicates(fs.series_keys).reset_index(drop=True)
+    attributes = "".join(f', "{a}"' for a in [*fs.attributes, "weight"])
+    source = f"read_parquet('{table}')"
+    with duckdb.connect() as con:
+        history = con.execute(f"SELECT CAST(date AS TIMESTAMP) AS date, {keys}, sales{covariates} FROM {source} "
+                              f"WHERE date > DATE '{start.isoformat()}' ORDER BY {keys}, date").df()
+        series = con.execute(f"SELECT DISTINCT ON ({keys}) {keys}{attributes} FROM {source} ORDER BY {keys}").df()
     return SeriesData(history, series, holidays)
+
+
+def reference_features(table: Path, columns: list[str], rows: int = 200_000) -> pd.DataFrame:
+    """An evenly spaced sample of training feature rows, read batch by batch."""
+    import pyarrow.parquet as pq
+
+    source = pq.ParquetFile(table)
+    step = max(1, source.metadata.num_rows // rows)
+    parts, seen = [], 0
+    for batch in source.iter_batches(columns=columns, batch_size=500_000):
+        frame = batch.to_pandas()
+        parts.append(frame.iloc[(-seen) % step::step])
+        seen += len(frame)
+    return pd.concat(parts, ignore_index=True)
 
 
 def reference_profile(X: pd.DataFrame) -> dict[str, Any]:
@@ -75,7 +97,7 @@ def write_bundle(
     shutil.copyfile(model_dir / "feature_spec.json", directory / "feature_spec.json")
     (directory / "input_schema.json").write_text(input_schema_json)
     data.write(directory)
-    sample = train_features.sample(min(REFERENCE_ROWS, len(train_features)), random_state=0)
+    sample = train_features.sample(min(REFERENCE_ROWS, len(train_features)), random_state=0)  # for drift reports
     sample.to_parquet(directory / "reference_sample.parquet", index=False)
     (directory / "reference_profile.json").write_text(json.dumps(reference_profile(train_features)))
     holdout.to_parquet(directory / "holdout.parquet", index=False)

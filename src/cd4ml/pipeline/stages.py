@@ -292,7 +292,7 @@ def gate(root: Path) -> str:
     import mlflow
 
     from cd4ml import gates, tracking
-    from cd4ml.bundle import series_data, write_bundle
+    from cd4ml.bundle import reference_features, series_data, write_bundle
     from cd4ml.data.schemas import input_schema
     from cd4ml.data.split import Split
     from cd4ml.models import load_model
@@ -303,14 +303,13 @@ def gate(root: Path) -> str:
     fs = feature_spec(paths)
     plan = Split.model_validate_json(paths.split.read_text())
     dataset = _dataset(paths)
-    sales = pd.read_parquet(paths.ingested / "sales.parquet")
-    data = series_data(sales, pd.read_parquet(paths.ingested / "holidays.parquet"), fs, plan.holdout_origin)
+    data = series_data(paths.ingested / "sales.parquet", pd.read_parquet(paths.ingested / "holidays.parquet"), fs,
+                       plan.holdout_origin)
     X, _ = load_part(paths, "holdout", fs.columns)
     holdout = pd.read_parquet(paths.reports / "holdout.parquet")
     metrics = json.loads((paths.reports / "metrics.json").read_text())
-    rows = holdout[["date", *fs.series_keys]].merge(
-        sales[["date", *fs.series_keys, *fs.covariates]].assign(date=lambda f: pd.to_datetime(f["date"])),
-        on=["date", *fs.series_keys], how="left")
+    rows = holdout[["date", *fs.series_keys]].merge(  # the holdout lies inside the bundle's history window
+        data.history[["date", *fs.series_keys, *fs.covariates]], on=["date", *fs.series_keys], how="left")
     holdout = pd.concat([holdout, rows[fs.covariates]], axis=1)
     serving = Scorer(Predictor.read(paths.model), data, plan.holdout_origin)
     serving_X = serving.features(serving.validate(holdout[["date", *fs.series_keys, *fs.covariates]]))
@@ -333,7 +332,7 @@ def gate(root: Path) -> str:
     checks += [gates.data_valid(status), gates.contract(X, serving_X)]
     result = gates.report(checks)
     _json(paths.reports / "gates.json", result)
-    key_types = {k: str(sales[k].dtype) for k in fs.series_keys}
+    key_types = {k: str(data.series[k].dtype) for k in fs.series_keys}
     run_id = tracking.read_run(paths.run)["run_id"]
     with tracking.run(root, params.tracking.experiment, run_id):
         mlflow.log_dict(result, "gates/gates.json")
@@ -344,7 +343,7 @@ def gate(root: Path) -> str:
     lineage = tracking.lineage(root, tracking.stage_hashes(root).get("ingest:data/ingested", "")) | {
         "run_id": run_id, "params": params.model_dump(mode="json"), "dataset": dataset["spec"]["name"]}
     bundle_metrics = metrics | {"slices": json.loads((paths.reports / "slices.json").read_text())}
-    train_X, _ = load_part(paths, "train", fs.columns)
+    train_X = reference_features(paths.features / "train.parquet", fs.columns)
     write_bundle(root / "models" / "bundle", paths.model, data, train_X, holdout, plan.holdout_origin,
                  bundle_metrics, lineage, input_schema(fs, key_types).to_json())
     return f"{len(checks)} checks passed"
