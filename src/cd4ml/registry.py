@@ -53,6 +53,9 @@ def log_bundle(run_id: str, bundle_dir: Path, model_signature) -> str:
     """Log the bundle as a pyfunc model in the run; returns its model URI."""
     import mlflow
 
+    if bundle_dir.name != "bundle":  # MLflow keeps the folder's name; readers expect artifacts/bundle
+        raise ValueError(f"{bundle_dir}: a bundle folder must be named 'bundle'")
+
     import cd4ml
     from cd4ml import pyfunc_model
 

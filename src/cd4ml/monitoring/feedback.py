@@ -105,13 +105,20 @@ class FeedbackStore:
             return self.db.execute(sql, args).fetchall()
 
     def record(self, request_id: str, kind: str, value: Any, served: Served) -> None:
+        self.record_all(request_id, {kind: value}, served)
+
+    def record_all(self, request_id: str, values: dict[str, Any], served: Served) -> None:
+        """Feedback of several kinds (kind → value) in one INSERT: all of it, or on a duplicate none."""
+        rows = [(request_id, kind, json.dumps(value), served.arm, served.model_version,
+                 json.dumps(served.predictions), json.dumps(served.rows), time.time())
+                for kind, value in values.items()]
+        marks = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
         try:
-            self._execute("INSERT INTO feedback VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (
-                request_id, kind, json.dumps(value), served.arm, served.model_version,
-                json.dumps(served.predictions), json.dumps(served.rows), time.time()))
+            self._execute(f"INSERT INTO feedback VALUES {marks}", tuple(v for row in rows for v in row))
         except Exception as exc:
             if "UNIQUE" in str(exc) or "duplicate key" in str(exc):
-                raise DuplicateFeedback(f"{kind} for request {request_id} was already recorded") from exc
+                kinds = " and ".join(values)
+                raise DuplicateFeedback(f"{kinds} for request {request_id}: already recorded") from exc
             raise
 
     def add_actuals(self, keys: list[str], rows: list[dict[str, Any]], values: list[float]) -> int:

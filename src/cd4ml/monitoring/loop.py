@@ -65,11 +65,18 @@ def control(ws: Workspace, summary: Summary, policy: controller.Policy, dry_run:
     champion, challenger = registry.alias(CHAMPION), registry.alias(CHALLENGER)
     actions = controller.decide(summary, routing, champion, challenger,
                                 previous_champion(registry.history(CHAMPION)), state, policy)
+    retrain_failed = False
     for action in actions:
         detail = "dry run" if dry_run else _apply(ws, registry, action, routing, challenger, retrain_overrides)
-        controller.record(log_file, action, not dry_run, detail)
+        failed = action.kind == "retrain" and detail.startswith("retraining exited")
+        retrain_failed |= failed
+        controller.record(log_file, action, not (dry_run or failed), detail)
     if not dry_run:
-        controller.advance(state, summary, actions, champion).write(state_file)
+        state = controller.advance(state, summary, actions, champion)
+        # a failed run (e.g. its gates) left no challenger to wait for: try again after
+        # `retrain_after` more decaying windows instead of waiting forever
+        state.retrain_pending = state.retrain_pending and not retrain_failed
+        state.write(state_file)
         _reload(ws)
     return actions
 

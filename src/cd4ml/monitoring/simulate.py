@@ -43,7 +43,7 @@ class Scenario:
     seed: int = 7
     shift_day: int = 4  # simulated day the demand shift starts
     shift_family: str = "GROCERY I"  # the largest family: its drop moves the overall error
-    shift_factor: float = 0.3
+    shift_factor: float = 0.1  # demand of the family drops by 90%: unmistakable in the error
     window_days: int = 3  # days of log each monitoring window reads
     horizon: int = 7
 

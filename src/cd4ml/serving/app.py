@@ -141,18 +141,20 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
         state.pop("log").close()
 
     routing_seen = {"stamp": routing_file.stat().st_mtime_ns if routing_file.exists() else 0}
+    routing_lock = asyncio.Lock()  # file → arms and PUT → arms → file, one at a time, in order
 
     async def sync_routing() -> None:
         """Apply an edit of routing.yaml (e.g. by `cd4ml release` or the controller)."""
-        stamp = routing_file.stat().st_mtime_ns if routing_file.exists() else 0
-        if stamp == routing_seen["stamp"]:
-            return
-        routing_seen["stamp"] = stamp
-        try:
-            await run_in_threadpool(arms.apply, load_routing(routing_file))
-        except (ValueError, OSError) as exc:
-            telemetry.routing_errors.inc()
-            arms.routing_error = str(exc)
+        async with routing_lock:
+            stamp = routing_file.stat().st_mtime_ns if routing_file.exists() else 0
+            if stamp == routing_seen["stamp"]:
+                return
+            routing_seen["stamp"] = stamp
+            try:
+                await run_in_threadpool(arms.apply, load_routing(routing_file))
+            except (ValueError, OSError) as exc:
+                telemetry.routing_errors.inc()
+                arms.routing_error = str(exc)
 
     async def watch_routing() -> None:
         while True:
@@ -244,28 +246,28 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
             raise HTTPException(404, f"unknown request_id {body.request_id}: not served (or not yet logged: "
                                      "the log is written within a second)")
         recorded = []
-        try:
-            if body.actual is not None:
-                actual = body.actual if isinstance(body.actual, list) else [body.actual]
-                if len(actual) != len(known.predictions):
-                    raise RequestValidationError([{"loc": ["body", "actual"], "type": "length",
-                                                   "msg": f"expected {len(known.predictions)} actual(s), one per row"}])
-                state["feedback"].record(body.request_id, "actual", actual, known)
-                state["feedback"].add_actuals(keys, known.rows, actual)
-                recorded.append("actual")
-                learner = arms.learners.get(known.arm)
-                if learner is not None:
-                    before = learner.updates // arms.routing.snapshot_every
-                    learn_online(arms.handles[known.arm].current, learner, known.rows, actual)
-                    if learner.updates // arms.routing.snapshot_every > before:
-                        snapshots.submit(register_snapshot, settings, arms.handles[known.arm].current, learner)
-            if body.reward is not None:
-                state["feedback"].record(body.request_id, "reward", body.reward, known)
-                recorded.append("reward")
-                if arms.routing.strategy == "bandit":
-                    arms.bandit().reward(known.arm, body.reward)
+        actual = body.actual if body.actual is None or isinstance(body.actual, list) else [body.actual]
+        if actual is not None and len(actual) != len(known.predictions):
+            raise RequestValidationError([{"loc": ["body", "actual"], "type": "length",
+                                           "msg": f"expected {len(known.predictions)} actual(s), one per row"}])
+        fresh = {kind: value for kind, value in (("actual", actual), ("reward", body.reward)) if value is not None}
+        try:  # every kind in one insert: a duplicate reward must not let a new actual in (or back)
+            state["feedback"].record_all(body.request_id, fresh, known)
         except DuplicateFeedback as exc:
             raise HTTPException(409, str(exc)) from None
+        if actual is not None:
+            state["feedback"].add_actuals(keys, known.rows, actual)
+            recorded.append("actual")
+            learner = arms.learners.get(known.arm)
+            if learner is not None:
+                before = learner.updates // arms.routing.snapshot_every
+                learn_online(arms.handles[known.arm].current, learner, known.rows, actual)
+                if learner.updates // arms.routing.snapshot_every > before:
+                    snapshots.submit(register_snapshot, settings, arms.handles[known.arm].current, learner)
+        if body.reward is not None:
+            recorded.append("reward")
+            if arms.routing.strategy == "bandit":
+                arms.bandit().reward(known.arm, body.reward)
         telemetry.feedback.labels(known.arm).inc()
         return {"request_id": body.request_id, "arm": known.arm, "model_version": known.model_version,
                 "recorded": recorded}
@@ -307,25 +309,32 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
                 "message": "; ".join(f"{a}: {m}" for a, (_, m) in results.items()),
                 "live": arms.champion.describe(), "arms": arms.live()}
 
-    handled_alerts: set[str] = set()
+    alert_lock = asyncio.Lock()
 
     @app.post("/admin/alerts", dependencies=[Depends(require_admin)])
     async def alerts(payload: AlertmanagerWebhook):
-        """Alertmanager webhook: a firing alert labelled action=rollback rolls the champion back."""
-        from cd4ml.registry import Registry, RegistryError
+        """Alertmanager webhook: a firing alert labelled action=rollback rolls the champion back.
 
-        firing = [a for a in payload.alerts if a.status == "firing" and a.labels.get("action") == "rollback"
-                  and a.incident not in handled_alerts]
+        Alertmanager resends a firing alert every repeat_interval, maybe to another worker or
+        after a restart: an incident already named in the champion's history is not acted on."""
+        from cd4ml.registry import CHAMPION, Registry, RegistryError
+
+        firing = [a for a in payload.alerts if a.status == "firing" and a.labels.get("action") == "rollback"]
         if not firing:
-            return {"actions": [], "message": "no new firing alert asks for a rollback"}
+            return {"actions": [], "message": "no firing alert asks for a rollback"}
         registry = Registry(settings.resolved_tracking_uri(), settings.model_name)
-        names = ", ".join(a.labels.get("alertname", "alert") for a in firing)
-        try:
-            move = await run_in_threadpool(registry.rollback, f"Alertmanager: {names}", "alertmanager")
-        except RegistryError as exc:
-            raise HTTPException(409, str(exc)) from None
-        handled_alerts.update(a.incident for a in firing)
-        await run_in_threadpool(arms.champion.reload)
+        async with alert_lock:  # one check-and-roll-back at a time
+            handled = " ".join(m.why for m in await run_in_threadpool(registry.history, CHAMPION))
+            firing = [a for a in firing if not (a.incident and a.incident in handled)]
+            if not firing:
+                return {"actions": [], "message": "these alerts were already acted on"}
+            names = ", ".join(a.labels.get("alertname", "alert") for a in firing)
+            why = f"Alertmanager: {names} [{' '.join(a.incident for a in firing)}]"
+            try:
+                move = await run_in_threadpool(registry.rollback, why, "alertmanager")
+            except RegistryError as exc:
+                raise HTTPException(409, str(exc)) from None
+            await run_in_threadpool(arms.champion.reload)
         return {"actions": [f"rollback v{move.from_version} → v{move.to_version}"], "live": arms.champion.describe()}
 
     @app.get("/admin/routing", dependencies=[Depends(require_admin)])
@@ -338,11 +347,13 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
             routing = Routing.model_validate(await request.json())
         except (ValidationError, ValueError) as exc:
             raise HTTPException(422, f"invalid routing: {exc}") from None
-        try:
-            live = await run_in_threadpool(arms.apply, routing)
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
-        save_routing(routing_file, routing)
+        async with routing_lock:  # else the watcher may apply the file's older routing after this one
+            try:
+                live = await run_in_threadpool(arms.apply, routing)
+            except ValueError as exc:
+                raise HTTPException(422, str(exc)) from None
+            save_routing(routing_file, routing)
+            routing_seen["stamp"] = routing_file.stat().st_mtime_ns
         return {"strategy": routing.strategy, "arms": live}
 
     from cd4ml.serving.web import add_web

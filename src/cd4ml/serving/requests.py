@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from cd4ml.features import FeatureSpec
 
-Covariate = Annotated[float, Field(allow_inf_nan=False, description="known ahead, e.g. items on promotion")]
+# bounded so a value stays finite as the float32 the model reads
+Covariate = Annotated[float, Field(allow_inf_nan=False, ge=-1e30, le=1e30, description="known ahead, e.g. on promotion")]
 
 
 def request_models(spec: FeatureSpec, key_kinds: dict[str, type], max_rows: int) -> tuple[type[BaseModel], type[BaseModel]]:
@@ -79,8 +80,8 @@ class Alert(BaseModel):
 
     @property
     def incident(self) -> str:
-        """One firing of one alert: Alertmanager keeps the fingerprint across firings."""
-        return f"{self.fingerprint}@{self.startsAt}"
+        """One firing of one alert ('' if unnamed): the fingerprint stays across firings."""
+        return f"{self.fingerprint}@{self.startsAt}" if self.fingerprint else ""
 
 
 class AlertmanagerWebhook(BaseModel):
