@@ -26,9 +26,7 @@ from cd4ml.serving.bandits import (
 from cd4ml.serving.routing import Routing, save_routing
 
 REDIS_URL = os.environ.get("CD4ML_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-POSTGRES_URL = os.environ.get(
-    "CD4ML_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+POSTGRES_URL = os.environ.get("CD4ML_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 POLICIES = ["thompson", "ucb1", "epsilon_greedy"]
 EPSILON = 0.1
 SEEDS = {"thompson": 11, "ucb1": 12, "epsilon_greedy": 13}
@@ -47,11 +45,7 @@ def play(store, policy: str, rates: dict[str, float], steps: int, rng: random.Ra
 def steps_to_majority(picks: list[str], arm: str, window: int = 100) -> int | None:
     """Steps until `arm` first has most of a `window`-step stretch (None: never)."""
     return next(
-        (
-            i
-            for i in range(len(picks) - window + 1)
-            if picks[i : i + window].count(arm) > window / 2
-        ),
+        (i for i in range(len(picks) - window + 1) if picks[i : i + window].count(arm) > window / 2),
         None,
     )
 
@@ -69,9 +63,7 @@ def reference(rewards: list[tuple[str, float]], discount: float) -> dict[str, tu
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-def test_policy_finds_the_better_arm_and_recovers_when_they_swap(
-    policy: str, tmp_path: Path
-) -> None:
+def test_policy_finds_the_better_arm_and_recovers_when_they_swap(policy: str, tmp_path: Path) -> None:
     store = SQLiteBanditStore(tmp_path / "bandit.db")
     rng = random.Random(SEEDS[policy])
     first = play(store, policy, {"a": 0.3, "b": 0.6}, 2000, rng)
@@ -103,16 +95,11 @@ def test_without_discount_greedy_stays_on_the_stale_arm(tmp_path: Path) -> None:
 def test_untried_arms_are_tried_first_and_ucb_explores() -> None:
     rng = random.Random(1)
     fresh = {"champion": (0.0, 0.0), "challenger": (0.0, 0.0)}
-    assert {
-        choose(p, fresh, 0.0, rng) for p in ("ucb1", "epsilon_greedy") for _ in range(50)
-    } == set(fresh)
+    assert {choose(p, fresh, 0.0, rng) for p in ("ucb1", "epsilon_greedy") for _ in range(50)} == set(fresh)
     one_tried = {"champion": (10.0, 9.0), "challenger": (0.0, 0.0)}
     assert choose("epsilon_greedy", one_tried, 0.0, rng) == "challenger"
     # a little evidence for a worse mean still earns a bonus big enough to be tried
-    assert (
-        choose("ucb1", {"champion": (150.0, 90.0), "challenger": (2.0, 1.0)}, 0.0, rng)
-        == "challenger"
-    )
+    assert choose("ucb1", {"champion": (150.0, 90.0), "challenger": (2.0, 1.0)}, 0.0, rng) == "challenger"
 
 
 # ---------------------------------------------------------------- the stores
@@ -136,9 +123,7 @@ def store_factory(
     elif request.param == "redis":
         import redis
 
-        require_service(
-            "Redis", lambda: redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-        )
+        require_service("Redis", lambda: redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping())
         prefix = f"cd4ml-test:{uuid.uuid4().hex}:"
 
         def make(discount: float = DISCOUNT) -> object:
@@ -153,9 +138,7 @@ def store_factory(
     else:
         import psycopg2
 
-        require_service(
-            "PostgreSQL", lambda: psycopg2.connect(POSTGRES_URL, connect_timeout=3).close()
-        )
+        require_service("PostgreSQL", lambda: psycopg2.connect(POSTGRES_URL, connect_timeout=3).close())
         name = f"cd4ml_bandit_{uuid.uuid4().hex[:12]}"
         admin = psycopg2.connect(POSTGRES_URL)
         admin.autocommit = True
@@ -187,9 +170,7 @@ def test_stores_keep_the_documented_discounted_statistics(
 ) -> None:
     store = store_factory()
     rng = random.Random(3)
-    rewards = [
-        (rng.choice(["champion", "challenger"]), rng.choice([0.0, 0.25, 1.0])) for _ in range(300)
-    ]
+    rewards = [(rng.choice(["champion", "challenger"]), rng.choice([0.0, 0.25, 1.0])) for _ in range(300)]
     for arm, value in rewards:
         store.reward(arm, value)
     expected = reference(rewards, DISCOUNT)
@@ -211,16 +192,12 @@ def test_statistics_survive_a_restart_and_are_shared(store_factory: Callable[...
 
 
 @pytest.mark.parametrize("connections", ["shared", "one per thread"])
-def test_concurrent_rewards_are_not_lost(
-    store_factory: Callable[..., object], connections: str
-) -> None:
+def test_concurrent_rewards_are_not_lost(store_factory: Callable[..., object], connections: str) -> None:
     """8 threads x 100 rewards of 1 on one arm: with discount g = 0.999, n must be
     (1 - g^800) / (1 - g) whatever the interleaving; one lost update costs at least g^799 ≈ 0.45."""
     discount, threads, each = 0.999, 8, 100
     shared = store_factory(discount)
-    stores = [
-        shared if connections == "shared" else store_factory(discount) for _ in range(threads)
-    ]
+    stores = [shared if connections == "shared" else store_factory(discount) for _ in range(threads)]
     start = threading.Barrier(threads)
     failures: list[BaseException] = []
 
@@ -284,23 +261,17 @@ def test_feedback_rewards_update_the_bandit_of_a_real_gateway(
         for _ in range(300):
             answer = client.post("/predict", json=body).json()
             value = 1.0 if answer["arm"] == "challenger" else 0.0
-            feedback = client.post(
-                "/feedback", json={"request_id": answer["request_id"], "reward": value}
-            )
+            feedback = client.post("/feedback", json={"request_id": answer["request_id"], "reward": value})
             assert feedback.status_code == 200, feedback.text
             assert feedback.json()["arm"] == answer["arm"]
             served.append((answer["arm"], value))
         stats = SQLiteBanditStore(workdir / "bandit.db").stats(["champion", "challenger"])
-        duplicate = client.post(
-            "/feedback", json={"request_id": answer["request_id"], "reward": 1.0}
-        )
+        duplicate = client.post("/feedback", json={"request_id": answer["request_id"], "reward": 1.0})
         assert duplicate.status_code == 409
         assert SQLiteBanditStore(workdir / "bandit.db").stats(["champion", "challenger"]) == stats
     expected = reference(served, DISCOUNT)
     for arm in ("champion", "challenger"):
         assert stats[arm] == pytest.approx(expected.get(arm, (0.0, 0.0)), rel=1e-12)
     late = [arm for arm, _ in served[-100:]]
-    print(
-        f"\nbandit over HTTP: challenger served {late.count('challenger')} of the last 100 requests"
-    )
+    print(f"\nbandit over HTTP: challenger served {late.count('challenger')} of the last 100 requests")
     assert late.count("challenger") > 75

@@ -41,7 +41,8 @@ def within_four_sigma(hits: int, n: int, p: float) -> bool:
     return abs(hits - n * p) <= 4 * math.sqrt(n * p * (1 - p))
 
 
-def over_http(test: Callable) -> Callable:
+def integration(test: Callable) -> Callable:
+    """Needs the trained work directory (most also start a gateway): one xdist worker for all."""
     return pytest.mark.integration(pytest.mark.xdist_group("routing")(test))
 
 
@@ -159,7 +160,7 @@ def workdir(released_workdir: Callable[[str], Path]) -> Path:
     return released_workdir("routing")
 
 
-@over_http
+@integration
 def test_an_unloadable_arm_leaves_the_old_routing_live(workdir: Path, tmp_path: Path) -> None:
     settings = GatewaySettings(workdir=workdir, poll_seconds=0, routing_file=tmp_path / "r.yaml")
     arms = Arms(settings, Routing(strategy="canary", arms=VERSIONS, share=0.5))
@@ -282,7 +283,7 @@ def live(workdir: Path, start_gateway: Callable[..., GatewayProcess]) -> Iterato
     gateway.client.close()
 
 
-@over_http
+@integration
 def test_single_serves_the_champion_and_logs_arm_and_version(live: Live) -> None:
     live.route(strategy="single")
     bodies = [live.predict([live.row(n), live.row(n + 1)], client_id=f"s{n}") for n in range(20)]
@@ -291,7 +292,7 @@ def test_single_serves_the_champion_and_logs_arm_and_version(live: Live) -> None
     assert_log_matches(live.workdir, bodies)
 
 
-@over_http
+@integration
 def test_canary_share_is_binomial_sticky_and_logged(live: Live) -> None:
     live.route(strategy="canary", arms=VERSIONS, share=0.2)
     clients = [uuid.uuid4().hex for _ in range(2000)]
@@ -308,7 +309,7 @@ def test_canary_share_is_binomial_sticky_and_logged(live: Live) -> None:
     assert_log_matches(live.workdir, bodies)
 
 
-@over_http
+@integration
 def test_canary_assignment_survives_a_restart(live: Live) -> None:
     live.route(strategy="canary", arms=VERSIONS, share=0.3)  # also saved to routing.yaml
     clients = [f"restart-{i}" for i in range(300)]
@@ -319,7 +320,7 @@ def test_canary_assignment_survives_a_restart(live: Live) -> None:
     assert live.arms_of(clients) == before
 
 
-@over_http
+@integration
 def test_share_zero_over_the_admin_api_applies_at_once(live: Live) -> None:
     live.route(strategy="canary", arms=VERSIONS, share=0.3)
     clients = [f"zero-{i}" for i in range(300)]
@@ -334,7 +335,7 @@ def test_share_zero_over_the_admin_api_applies_at_once(live: Live) -> None:
     assert live.arms_of(clients) == before  # the same clients are back in the canary
 
 
-@over_http
+@integration
 def test_share_zero_from_the_cli_applies_within_one_poll_interval(live: Live, run_cd4ml: Callable[..., Any]) -> None:
     live.route(strategy="canary", arms=VERSIONS, share=0.5)
     canary = [c for c, a in live.arms_of([f"cli-{i}" for i in range(40)]).items() if a == "challenger"]
@@ -362,14 +363,15 @@ def test_share_zero_from_the_cli_applies_within_one_poll_interval(live: Live, ru
     assert result.returncode == 0, result.stderr
     written = (live.workdir / "routing.yaml").stat().st_mtime
     assert not observations[0][1], "the canary was already off before the CLI ran"
-    switched = next(t for t, (_, off) in enumerate(observations) if all(o for _, o in observations[t:]))
-    delay = observations[switched][0] - written
+    assert observations[-1][1], "the canary was still on 2 poll intervals after the CLI returned"
+    last_on = max(n for n, (_, off) in enumerate(observations) if not off)
+    delay = observations[last_on + 1][0] - written  # from then on every canary client got the champion
     print(f"routing.yaml written → canary off after {delay * 1000:.0f} ms (poll {POLL} s)")
     assert delay < POLL + 0.5
     assert {live.predict(client_id=c)["arm"] for c in canary} == {"champion"}
 
 
-@over_http
+@integration
 def test_ab_shares_are_sticky_and_logged(live: Live) -> None:
     shares = {"champion": 0.5, "challenger": 0.3, "v3": 0.2}
     live.route(strategy="ab", arms={**VERSIONS, "v3": "3"}, shares=shares)
@@ -384,7 +386,7 @@ def test_ab_shares_are_sticky_and_logged(live: Live) -> None:
     assert_log_matches(live.workdir, bodies)
 
 
-@over_http
+@integration
 def test_multiple_routes_each_row_by_its_family(live: Live) -> None:
     live.route(
         strategy="multiple",
@@ -411,7 +413,7 @@ def test_multiple_routes_each_row_by_its_family(live: Live) -> None:
     assert only_other["arm"] == "champion" and only_other["predictions"][0]["version"] == "1"
 
 
-@over_http
+@integration
 def test_shadow_logs_both_predictions_under_one_request_id(live: Live) -> None:
     live.route(strategy="shadow", arms=VERSIONS)
     bodies = [live.predict([live.row(n)], client_id=f"shadow-{n}") for n in range(30)]
@@ -426,7 +428,7 @@ def test_shadow_logs_both_predictions_under_one_request_id(live: Live) -> None:
         assert by_arm["shadow:challenger"]["rows"] == by_arm["champion"]["rows"]
 
 
-@over_http
+@integration
 def test_admin_routing_needs_the_token_and_keeps_routing_on_bad_input(live: Live) -> None:
     live.route(strategy="canary", arms=VERSIONS, share=0.1)
     before = (live.workdir / "routing.yaml").read_bytes()
@@ -449,7 +451,7 @@ def test_admin_routing_needs_the_token_and_keeps_routing_on_bad_input(live: Live
     assert (live.workdir / "routing.yaml").read_bytes() == before
 
 
-@over_http
+@integration
 def test_a_broken_routing_file_is_reported_and_the_watcher_keeps_going(live: Live) -> None:
     live.route(strategy="single")
     errors = metric(live.client.get("/metrics").text, "cd4ml_routing_errors_total")
@@ -479,7 +481,7 @@ def slow_loading(settings: GatewaySettings, target: str) -> ModelHandle:
     return handle
 
 
-@over_http
+@integration
 def test_an_admin_change_is_not_undone_by_the_file_watcher(workdir: Path, tmp_path: Path) -> None:
     """PUT /admin/routing while the watcher is still applying the previous routing.yaml: the
     newer routing must stay live, not the file's older content applied after it."""
@@ -572,7 +574,7 @@ class InProcessServer:
         self.thread.join(timeout=60)
 
 
-@over_http
+@integration
 def test_failing_and_slow_shadows_change_neither_answer_nor_latency(workdir: Path, tmp_path: Path) -> None:
     settings = GatewaySettings(
         workdir=workdir,
