@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WORKDIR ?= work
 
-.PHONY: demo test lint bench clean browser wrk
+.PHONY: demo test lint bench clean test-tools wrk
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,14 +18,17 @@ $(STAMP): $(BIN)/python pyproject.toml
 demo: $(STAMP)
 	$(BIN)/cd4ml run --workdir $(WORKDIR)
 	@echo "Sales forecast page and API: http://127.0.0.1:5005  (Ctrl-C stops the gateway)"
+	@echo "The closed loop (drift, retraining, canary, rollback): $(BIN)/cd4ml simulate --days 30"
 	$(BIN)/cd4ml serve --workdir $(WORKDIR) --port 5005
 
-test: $(STAMP) browser
+test: $(STAMP) test-tools
 	$(BIN)/pytest -n 2 --dist loadgroup
 
-# Browser tests use Debian's Chromium: Playwright cannot download its own browser here.
-browser:
-	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+# Browser tests use Debian's Chromium (Playwright cannot download its own browser here); the
+# alerting test runs the real Prometheus + Alertmanager pair.
+test-tools:
+	@test -x /usr/bin/chromium && command -v prometheus >/dev/null && command -v prometheus-alertmanager >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium prometheus prometheus-alertmanager)
 
 wrk:
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
