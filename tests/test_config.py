@@ -54,9 +54,7 @@ def test_a_new_hyperparameter_may_be_added_to_a_model_family(params_file: Path) 
     assert load_params(params_file).model.lightgbm["max_depth"] == 6
 
 
-@pytest.mark.parametrize(
-    "key", ["split.horizn", "spilt.horizon", "data.sample.shops", "model.xgboost"]
-)
+@pytest.mark.parametrize("key", ["split.horizn", "spilt.horizon", "data.sample.shops", "model.xgboost"])
 def test_unknown_key_is_a_config_error_naming_it(params_file: Path, key: str) -> None:
     before = params_file.read_text()
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -74,9 +72,7 @@ def test_unknown_key_is_a_config_error_naming_it(params_file: Path, key: str) ->
         ("data.sample.start=someday", "data.sample.start"),
     ],
 )
-def test_wrong_type_is_a_config_error_and_nothing_is_written(
-    params_file: Path, override: str, key: str
-) -> None:
+def test_wrong_type_is_a_config_error_and_nothing_is_written(params_file: Path, override: str, key: str) -> None:
     before = params_file.read_text()
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         apply_overrides(params_file, ["split.horizon=8", override])
@@ -89,9 +85,7 @@ def test_override_without_a_value_is_a_config_error(params_file: Path) -> None:
 
 
 def test_cli_reports_a_bad_override_and_exits_2(tmp_path: Path) -> None:
-    result = CliRunner().invoke(
-        app, ["run", "--workdir", str(tmp_path), "--set", "model.type=xgboost"]
-    )
+    result = CliRunner().invoke(app, ["run", "--workdir", str(tmp_path), "--set", "model.type=xgboost"])
     assert result.exit_code == 2
     assert "model.type" in result.output
     assert not (tmp_path / ".dvc").exists()  # refused before DVC or any stage ran

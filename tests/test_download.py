@@ -58,9 +58,7 @@ def server() -> Iterator[Server]:
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     state.base_url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(
-        target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-    )
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     try:
         yield state
@@ -70,9 +68,7 @@ def server() -> Iterator[Server]:
         thread.join()
 
 
-def test_fetch_downloads_once_then_reuses_the_cache_without_network(
-    server: Server, tmp_path: Path
-) -> None:
+def test_fetch_downloads_once_then_reuses_the_cache_without_network(server: Server, tmp_path: Path) -> None:
     url = server.url("/data.csv")
     first = fetch(url, tmp_path, progress=False)
 
@@ -102,9 +98,7 @@ def test_matching_checksum_is_accepted_in_any_case(server: Server, tmp_path: Pat
     assert path.read_bytes() == BODY
 
 
-def test_checksum_mismatch_names_both_hashes_and_leaves_no_file(
-    server: Server, tmp_path: Path
-) -> None:
+def test_checksum_mismatch_names_both_hashes_and_leaves_no_file(server: Server, tmp_path: Path) -> None:
     url = server.url("/data.csv")
     wrong = "0" * 64
     with pytest.raises(DownloadError, match="checksum mismatch") as caught:
@@ -117,20 +111,14 @@ def test_checksum_mismatch_names_both_hashes_and_leaves_no_file(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_malformed_expected_checksum_is_rejected_before_any_request(
-    server: Server, tmp_path: Path
-) -> None:
+def test_malformed_expected_checksum_is_rejected_before_any_request(server: Server, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="64 hexadecimal"):
         fetch(server.url("/data.csv"), tmp_path, sha256="abc", progress=False)
     assert server.requests == []
 
 
-@pytest.mark.parametrize(
-    ("path", "status"), [("/missing.csv", "HTTP 404 Not Found"), ("/boom", "HTTP 500")]
-)
-def test_http_error_names_url_and_status(
-    server: Server, tmp_path: Path, path: str, status: str
-) -> None:
+@pytest.mark.parametrize(("path", "status"), [("/missing.csv", "HTTP 404 Not Found"), ("/boom", "HTTP 500")])
+def test_http_error_names_url_and_status(server: Server, tmp_path: Path, path: str, status: str) -> None:
     url = server.url(path)
     with pytest.raises(DownloadError, match=status) as caught:
         fetch(url, tmp_path, progress=False)

@@ -85,19 +85,13 @@ def feature_spec_for(con: duckdb.DuckDBPyConnection, horizon: int = HORIZON) -> 
         },
         "attributes": ["family", "city"],
     }
-    return build_feature_spec(
-        dataset, con, "sales", horizon, windows=[7, 14, 28], weekday_weeks=[4]
-    )
+    return build_feature_spec(dataset, con, "sales", horizon, windows=[7, 14, 28], weekday_weeks=[4])
 
 
-def examples(
-    table: pd.DataFrame, origin: date = ORIGIN
-) -> tuple[pd.DataFrame, pd.DataFrame, FeatureSpec]:
+def examples(table: pd.DataFrame, origin: date = ORIGIN) -> tuple[pd.DataFrame, pd.DataFrame, FeatureSpec]:
     con = connect(table)
     fs = feature_spec_for(con)
-    features, labels = examples_at_origin(
-        con, fs, "sales", origin, holiday_counts(holidays_frame(), fs), KEEP
-    )
+    features, labels = examples_at_origin(con, fs, "sales", origin, holiday_counts(holidays_frame(), fs), KEEP)
     con.close()
     return features, labels, fs
 
@@ -119,9 +113,7 @@ def test_future_sales_cannot_change_features(table: pd.DataFrame, origin: date) 
     future = table["date"] > origin
     tampered = table.copy()
     rng = np.random.default_rng(1)
-    tampered.loc[future, "sales"] = table.loc[future, "sales"] * 100 + rng.integers(
-        1, 1000, future.sum()
-    )
+    tampered.loc[future, "sales"] = table.loc[future, "sales"] * 100 + rng.integers(1, 1000, future.sum())
 
     features_after, labels_after, _ = examples(tampered, origin)
 
@@ -150,9 +142,7 @@ def test_series_state_is_computed_from_rows_up_to_the_origin() -> None:
     known = np.array(sales[:14], dtype=float)
     con = connect(tiny)
     fs = feature_spec_for(con, horizon=3)
-    features, _ = examples_at_origin(
-        con, fs, "sales", origin, holiday_counts(holidays_frame(), fs), KEEP
-    )
+    features, _ = examples_at_origin(con, fs, "sales", origin, holiday_counts(holidays_frame(), fs), KEEP)
     state = series_state(con, fs, "sales", origin).iloc[0]
 
     last7 = np.log1p(known[-7:])
@@ -172,9 +162,7 @@ def test_seasonal_naive_repeats_last_weeks_same_weekday(table: pd.DataFrame, hol
     expected = []
     for row in labels.itertuples():
         h = (row.date.date() - ORIGIN).days
-        same_weekday = row.date.date() - timedelta(
-            days=7 * -(-h // 7)
-        )  # latest one at or before ORIGIN
+        same_weekday = row.date.date() - timedelta(days=7 * -(-h // 7))  # latest one at or before ORIGIN
         assert same_weekday <= ORIGIN < same_weekday + timedelta(days=7)
         expected.append(history[(row.store_nbr, row.item_nbr, same_weekday)])
     assert sorted(set(features["horizon"].astype(int))) == list(range(1, HORIZON + 1))
@@ -183,20 +171,14 @@ def test_seasonal_naive_repeats_last_weeks_same_weekday(table: pd.DataFrame, hol
 
 def test_horizon_runs_from_one_to_h_for_every_series(holdout) -> None:
     features, labels, _ = holdout
-    per_series = (
-        features["horizon"]
-        .groupby([labels[k] for k in KEYS])
-        .apply(lambda h: sorted(h.astype(int)))
-    )
+    per_series = features["horizon"].groupby([labels[k] for k in KEYS]).apply(lambda h: sorted(h.astype(int)))
     assert len(per_series) == len(STORES) * len(ITEMS)
     assert all(h == list(range(1, HORIZON + 1)) for h in per_series)
     days_ahead = (labels["date"] - pd.Timestamp(ORIGIN)).dt.days
     np.testing.assert_array_equal(features["horizon"].to_numpy(), days_ahead.to_numpy())
 
 
-def _on(
-    features: pd.DataFrame, labels: pd.DataFrame, day: date, store: int | None = None
-) -> pd.DataFrame:
+def _on(features: pd.DataFrame, labels: pd.DataFrame, day: date, store: int | None = None) -> pd.DataFrame:
     chosen = labels["date"] == pd.Timestamp(day)
     if store is not None:
         chosen &= labels["store_nbr"] == store

@@ -110,9 +110,7 @@ def test_the_weekly_example_ingests_and_yields_features_for_every_origin(
     con = duckdb.connect()
     con.execute(f"CREATE VIEW sales AS SELECT * FROM '{tmp_path / 'out' / 'sales.parquet'}'")
     features_params = params.features
-    fs = build_feature_spec(
-        dataset, con, "sales", plan.horizon, features_params.windows, features_params.weekday_weeks
-    )
+    fs = build_feature_spec(dataset, con, "sales", plan.horizon, features_params.windows, features_params.weekday_weeks)
     holidays = holiday_counts(pd.read_parquet(tmp_path / "out" / "holidays.parquet"), fs)
     for origin in [*plan.train_origins, plan.valid_origin, plan.holdout_origin]:
         features, labels = examples_at_origin(con, fs, "sales", origin, holidays, ["sales"])
@@ -233,9 +231,7 @@ def test_exact_duplicates_are_dropped_and_conflicting_ones_summed(tmp_path: Path
     assert "1 series-periods with several rows summed" in report.notes()
 
 
-def test_series_missing_from_a_side_table_are_unknown_and_counted(
-    tmp_path: Path, read_canonical: Canonical
-) -> None:
+def test_series_missing_from_a_side_table_are_unknown_and_counted(tmp_path: Path, read_canonical: Canonical) -> None:
     (tmp_path / "items.csv").write_text("item,family,size\nA,DAIRY,\nA,DAIRY,\nC,EGGS,L\n")
     spec = shop(
         tmp_path,

@@ -118,9 +118,7 @@ def test_relative_metrics_are_nan_when_nothing_sold() -> None:
         ([[1.0]], [[1.0]], [[1.0]], "one-dimensional"),
     ],
 )
-def test_invalid_input_is_rejected(
-    actual: list, predicted: list, weights: list, message: str
-) -> None:
+def test_invalid_input_is_rejected(actual: list, predicted: list, weights: list, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         evaluate(actual, predicted, weights)
     with pytest.raises(ValueError, match=message):

@@ -13,8 +13,8 @@ from cd4ml.config import Paths, apply_overrides, init_project, load_params
 from cd4ml.features import FeatureSpec, seasonal_naive
 from cd4ml.metrics import nwrmsle
 from cd4ml.models import FAMILIES, Forecaster, load_model, make_model
-from cd4ml.target import onnx_predict
 from cd4ml.pipeline import stages
+from cd4ml.target import onnx_predict
 
 Part = tuple[pd.DataFrame, pd.DataFrame]  # (features, labels with sales and weight)
 SMALL_PARAMS = {
@@ -38,9 +38,7 @@ def sample_parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[FeatureSpec,
         stage(root)
     paths = Paths(root)
     fs = stages.feature_spec(paths)
-    return fs, {
-        part: stages.load_part(paths, part, fs.columns) for part in ("train", "valid", "holdout")
-    }
+    return fs, {part: stages.load_part(paths, part, fs.columns) for part in ("train", "valid", "holdout")}
 
 
 def fitted(kind: str, params: dict, parts: dict[str, Part]) -> Forecaster:
@@ -84,9 +82,7 @@ def test_onnx_export_matches_native_predictions(family, sample_parts) -> None:
     _, model = family
     fs, parts = sample_parts
     X = pd.concat([parts["valid"][0], parts["holdout"][0]], ignore_index=True)
-    session = ort.InferenceSession(
-        model.to_onnx(len(fs.columns)), providers=["CPUExecutionProvider"]
-    )
+    session = ort.InferenceSession(model.to_onnx(len(fs.columns)), providers=["CPUExecutionProvider"])
     native, served = model.predict(X), onnx_predict(session, X)
     np.testing.assert_allclose(served, native, rtol=1e-3, atol=1e-3)
     assert (served >= 0).all()
@@ -125,9 +121,7 @@ def test_onnx_decides_like_the_native_model_at_split_thresholds(family, sample_p
         row[:, feature] = np.float32(threshold)
         rows.append(row)
     X = pd.DataFrame(np.vstack(rows), columns=fs.columns)
-    session = ort.InferenceSession(
-        model.to_onnx(len(fs.columns)), providers=["CPUExecutionProvider"]
-    )
+    session = ort.InferenceSession(model.to_onnx(len(fs.columns)), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(onnx_predict(session, X), model.predict(X), rtol=1e-3, atol=1e-3)
 
 

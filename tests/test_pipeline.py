@@ -197,9 +197,7 @@ def project(first_runs: dict[str, Project]) -> Project:
     return first_runs["plain"]
 
 
-def test_first_run_runs_every_stage_and_tracks_it_in_mlflow(
-    project: Project, tmp_path: Path
-) -> None:
+def test_first_run_runs_every_stage_and_tracks_it_in_mlflow(project: Project, tmp_path: Path) -> None:
     workdir, run = project.workdir, succeeded(project.first)
     assert run.stages("ran") >= {*DATA_STAGES, *MODEL_STAGES}
     assert "DVC initialised without git" in run.output  # /tmp is no git work tree
@@ -220,24 +218,16 @@ def test_first_run_runs_every_stage_and_tracks_it_in_mlflow(
     for column in ("family", "type", "cluster", "perishable"):
         assert any(m.startswith(f"slice.{column}.") and m.endswith(".nwrmsle") for m in metrics)
 
-    inputs = {
-        f"dvc.{stage}:{path}": md5
-        for stage in DATA_STAGES
-        for path, md5 in out_hashes(workdir, stage).items()
-    }
+    inputs = {f"dvc.{stage}:{path}": md5 for stage in DATA_STAGES for path, md5 in out_hashes(workdir, stage).items()}
     assert inputs and inputs.items() <= tags.items()
     assert tags["data_hash"] == out_hashes(workdir, "ingest")["data/ingested"]
     assert tags["git_commit"] == "none"
 
     artifacts = artifact_paths(workdir, tracked.info.run_id)
-    plots = {
-        f"plots/{name}.png" for name in ("forecast_vs_actual", "residuals", "feature_importance")
-    }
+    plots = {f"plots/{name}.png" for name in ("forecast_vs_actual", "residuals", "feature_importance")}
     logged = {"native_model/family.txt", "reports/metrics.json", "data/dataset.json"}
     assert plots | logged | {"lineage/dvc.lock"} <= artifacts
-    copy = client(workdir).download_artifacts(
-        tracked.info.run_id, "reports/metrics.json", str(tmp_path)
-    )
+    copy = client(workdir).download_artifacts(tracked.info.run_id, "reports/metrics.json", str(tmp_path))
     assert json.loads(Path(copy).read_text()) == reported
 
 
@@ -248,9 +238,7 @@ def test_second_run_with_nothing_changed_reruns_nothing_within_3_seconds(project
 
     runs = []
     while len(runs) < 3 and not any(run.seconds < 3.0 for run in runs):
-        runs.append(
-            succeeded(cd4ml_run(workdir))
-        )  # best of 3: a busy machine is not the run's cost
+        runs.append(succeeded(cd4ml_run(workdir)))  # best of 3: a busy machine is not the run's cost
 
     for run in runs:
         assert run.stages("ran") == set()

@@ -63,9 +63,7 @@ def test_same_config_writes_byte_identical_files(sample: Sample, tmp_path: Path)
         assert (tmp_path / name).read_bytes() == (sample.path / name).read_bytes(), name
 
 
-def test_a_store_rows_do_not_depend_on_how_many_stores_are_generated(
-    sample: Sample, tmp_path: Path
-) -> None:
+def test_a_store_rows_do_not_depend_on_how_many_stores_are_generated(sample: Sample, tmp_path: Path) -> None:
     write_sample(tmp_path, SampleConfig(stores=3))
     small = (tmp_path / "train.csv").read_bytes()
     assert (sample.path / "train.csv").read_bytes().startswith(small)
@@ -177,9 +175,7 @@ def test_returns_are_present_but_rare(sales: pd.DataFrame) -> None:
     assert 0 < returns < 0.002
 
 
-def test_a_store_opening_mid_history_has_no_earlier_rows(
-    sample: Sample, sales: pd.DataFrame
-) -> None:
+def test_a_store_opening_mid_history_has_no_earlier_rows(sample: Sample, sales: pd.DataFrame) -> None:
     opened = sales.groupby("store_nbr")["date"].min()
     late = opened[opened > pd.Timestamp("2015-02-01")]
     assert 0 < len(late) < len(opened)
@@ -241,9 +237,7 @@ def test_transactions_follow_store_sales(sample: Sample, sales: pd.DataFrame) ->
     transactions = pd.read_csv(sample.path / "transactions.csv", parse_dates=["date"])
     totals = sales.groupby(["date", "store_nbr"])["unit_sales"].sum().rename("units")
     joined = transactions.join(totals, on=["date", "store_nbr"], how="inner")
-    correlations = (
-        joined.groupby("store_nbr")[["units", "transactions"]].corr().xs("units", level=1)
-    )
+    correlations = joined.groupby("store_nbr")[["units", "transactions"]].corr().xs("units", level=1)
     assert (correlations["transactions"] > 0.5).all()
     assert transactions["date"].dt.strftime("%m-%d").ne("12-25").all()
 

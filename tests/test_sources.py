@@ -81,9 +81,7 @@ def test_a_favorita_folder_reads_as_the_favorita_preset(favorita_sample: Path) -
     assert spec.resolve(spec.side_tables[0].path) == str(favorita_sample / "items.csv")
 
 
-def test_a_store_sales_folder_ingests_with_promotion_counts(
-    tmp_path: Path, read_canonical: Canonical
-) -> None:
+def test_a_store_sales_folder_ingests_with_promotion_counts(tmp_path: Path, read_canonical: Canonical) -> None:
     folder = tmp_path / "store-sales"
     folder.mkdir()
     rows = ["id,date,store_nbr,family,sales,onpromotion"]
@@ -114,9 +112,7 @@ def test_a_store_sales_folder_ingests_with_promotion_counts(
     assert holidays["locale"].tolist() == ["", "Quito"]
 
 
-def test_the_store47_file_ingests_with_its_attributes_and_weights(
-    tmp_path: Path, read_canonical: Canonical
-) -> None:
+def test_the_store47_file_ingests_with_its_attributes_and_weights(tmp_path: Path, read_canonical: Canonical) -> None:
     path = write_store47(tmp_path / "store47-2016.csv")
     spec = resolve_source(str(path), tmp_path / "cache")
     assert spec.name == "store47"
@@ -132,9 +128,7 @@ def test_the_store47_file_ingests_with_its_attributes_and_weights(
     assert report.ignored_columns == []  # the preset names every column it drops
 
 
-def test_the_store47_file_downloads_from_a_url(
-    web: Web, tmp_path: Path, read_canonical: Canonical
-) -> None:
+def test_the_store47_file_downloads_from_a_url(web: Web, tmp_path: Path, read_canonical: Canonical) -> None:
     write_store47(web.root / "store47-2016.csv")
     url = f"{web.base_url}/store47-2016.csv"
 
@@ -147,9 +141,7 @@ def test_the_store47_file_downloads_from_a_url(
     assert len(read_canonical(tmp_path / "out")) == 20
 
 
-def test_a_spec_from_a_url_reads_its_files_from_beside_it(
-    web: Web, tmp_path: Path, read_canonical: Canonical
-) -> None:
+def test_a_spec_from_a_url_reads_its_files_from_beside_it(web: Web, tmp_path: Path, read_canonical: Canonical) -> None:
     (web.root / "spec.yaml").write_text(
         "name: shop\nsales: sales.csv\nseries_keys: [store]\ntarget: units\n"
         "side_tables:\n  - path: stores.csv\n    on: [store]\n"
@@ -178,9 +170,7 @@ def test_a_header_with_a_byte_order_mark_is_recognised(tmp_path: Path) -> None:
         ({"train.csv": "day,shop,units\n"}, "match neither the Favorita nor the Store Sales"),
     ],
 )
-def test_an_unknown_folder_asks_for_a_spec(
-    tmp_path: Path, files: dict[str, str], message: str
-) -> None:
+def test_an_unknown_folder_asks_for_a_spec(tmp_path: Path, files: dict[str, str], message: str) -> None:
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     with pytest.raises(SpecError, match=message):

@@ -24,9 +24,7 @@ def targets(origin: date, split: Split) -> set[date]:
 def test_parts_do_not_overlap_and_holdout_is_the_last_horizon(
     first: date, last: date, horizon: int, period_days: int
 ) -> None:
-    split = plan_split(
-        first, last, horizon, period_days, train_origins=12, origin_stride=7, min_history=56
-    )
+    split = plan_split(first, last, horizon, period_days, train_origins=12, origin_stride=7, min_history=56)
     step = timedelta(days=period_days)
     train = set().union(*(targets(o, split) for o in split.train_origins))
     valid, holdout = targets(split.valid_origin, split), targets(split.holdout_origin, split)
@@ -41,9 +39,7 @@ def test_parts_do_not_overlap_and_holdout_is_the_last_horizon(
 
 def test_origins_without_enough_history_are_dropped() -> None:
     first, last = date(2016, 1, 1), date(2016, 6, 10)
-    split = plan_split(
-        first, last, horizon=16, period_days=1, train_origins=12, origin_stride=7, min_history=56
-    )
+    split = plan_split(first, last, horizon=16, period_days=1, train_origins=12, origin_stride=7, min_history=56)
     assert 0 < len(split.train_origins) < 12
     assert min(split.train_origins) >= first + timedelta(days=56)
 

@@ -24,8 +24,9 @@ class BatchResult:
         return self.rows / self.seconds if self.seconds else float("inf")
 
 
-def predict_file(scorer: Scorer, source: Path, target: Path,
-                 progress: Callable[[int], None] | None = None) -> BatchResult:
+def predict_file(
+    scorer: Scorer, source: Path, target: Path, progress: Callable[[int], None] | None = None
+) -> BatchResult:
     """Write every input row with a `prediction` column; a bad row stops the job naming its line."""
     started, done = time.perf_counter(), 0
     keys = {k: str for k in scorer.spec.series_keys if scorer.attributes.index.get_level_values(k).dtype == object}

@@ -1,13 +1,13 @@
 """The model bundle: the contract between training and everything after it.
 
-    model.onnx, native/          the model, portable and native
-    feature_spec.json            how features are computed (categories, windows, horizon)
-    input_schema.json            pandera schema of the rows it scores
-    history/series/holidays      the data features are computed from (SeriesData)
-    reference_profile.json       training feature distribution (drift detection)
-    reference_sample.parquet     a sample of training features (drift reports)
-    holdout.parquet, metrics.json   holdout rows, predictions and metrics (for `verify`)
-    lineage.json                 data hash, params, git commit, dvc.lock hashes, run id
+model.onnx, native/          the model, portable and native
+feature_spec.json            how features are computed (categories, windows, horizon)
+input_schema.json            pandera schema of the rows it scores
+history/series/holidays      the data features are computed from (SeriesData)
+reference_profile.json       training feature distribution (drift detection)
+reference_sample.parquet     a sample of training features (drift reports)
+holdout.parquet, metrics.json   holdout rows, predictions and metrics (for `verify`)
+lineage.json                 data hash, params, git commit, dvc.lock hashes, run id
 """
 
 from __future__ import annotations
@@ -45,8 +45,10 @@ def series_data(table: Path, holidays: pd.DataFrame, fs: FeatureSpec, from_origi
     attributes = "".join(f', "{a}"' for a in [*fs.attributes, "weight"])
     source = f"read_parquet('{table}')"
     with duckdb.connect() as con:
-        history = con.execute(f"SELECT CAST(date AS TIMESTAMP) AS date, {keys}, sales{covariates} FROM {source} "
-                              f"WHERE date > DATE '{start.isoformat()}' ORDER BY {keys}, date").df()
+        history = con.execute(
+            f"SELECT CAST(date AS TIMESTAMP) AS date, {keys}, sales{covariates} FROM {source} "
+            f"WHERE date > DATE '{start.isoformat()}' ORDER BY {keys}, date"
+        ).df()
         series = con.execute(f"SELECT DISTINCT ON ({keys}) {keys}{attributes} FROM {source} ORDER BY {keys}").df()
     return SeriesData(history, series, holidays)
 
@@ -60,7 +62,7 @@ def reference_features(table: Path, columns: list[str], rows: int = 200_000) -> 
     parts, seen = [], 0
     for batch in source.iter_batches(columns=columns, batch_size=500_000):
         frame = batch.to_pandas()
-        parts.append(frame.iloc[(-seen) % step::step])
+        parts.append(frame.iloc[(-seen) % step :: step])
         seen += len(frame)
     return pd.concat(parts, ignore_index=True)
 
@@ -71,8 +73,10 @@ def reference_profile(X: pd.DataFrame) -> dict[str, Any]:
     for column in X.columns:
         values = X[column].to_numpy(np.float64)
         profile[column] = {
-            "mean": float(values.mean()), "std": float(values.std()),
-            "min": float(values.min()), "max": float(values.max()),
+            "mean": float(values.mean()),
+            "std": float(values.std()),
+            "min": float(values.min()),
+            "max": float(values.max()),
             "deciles": np.quantile(values, np.linspace(0, 1, 11)).tolist(),
         }
     return {"rows": len(X), "features": profile}
@@ -102,8 +106,9 @@ def write_bundle(
     (directory / "reference_profile.json").write_text(json.dumps(reference_profile(train_features)))
     holdout.to_parquet(directory / "holdout.parquet", index=False)
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (directory / "lineage.json").write_text(json.dumps(
-        lineage | {"holdout_origin": holdout_origin.isoformat()}, indent=2, default=str))
+    (directory / "lineage.json").write_text(
+        json.dumps(lineage | {"holdout_origin": holdout_origin.isoformat()}, indent=2, default=str)
+    )
     return directory
 
 
@@ -135,7 +140,11 @@ def verify(directory: Path, tolerance: float = 1e-9) -> list[tuple[str, float, f
     recorded = recorded_metrics(directory)["model"]
     rescored = rescore_holdout(directory)
     return [
-        (name, recorded[name], rescored[name],
-         bool(np.isclose(recorded[name], rescored[name], rtol=tolerance, atol=tolerance, equal_nan=True)))
+        (
+            name,
+            recorded[name],
+            rescored[name],
+            bool(np.isclose(recorded[name], rescored[name], rtol=tolerance, atol=tolerance, equal_nan=True)),
+        )
         for name in recorded
     ]

@@ -10,11 +10,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(help="Continuous Delivery for Machine Learning: sales forecasting, end to end.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Continuous Delivery for Machine Learning: sales forecasting, end to end.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 data_app = typer.Typer(help="Sample data and data sources.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-release_app = typer.Typer(help="Release strategies: which models serve and how traffic is shared.", no_args_is_help=True)
+release_app = typer.Typer(
+    help="Release strategies: which models serve and how traffic is shared.", no_args_is_help=True
+)
 app.add_typer(release_app, name="release")
 ab_app = typer.Typer(help="A/B tests.", no_args_is_help=True)
 app.add_typer(ab_app, name="ab")
@@ -32,7 +37,9 @@ def fail(message: str, code: int) -> None:
 @app.command()
 def run(
     workdir: Path = WORKDIR,
-    data: str | None = typer.Option(None, "--data", help="sample, a Favorita/Store Sales folder, a CSV path or URL, or a spec YAML."),
+    data: str | None = typer.Option(
+        None, "--data", help="sample, a Favorita/Store Sales folder, a CSV path or URL, or a spec YAML."
+    ),
     set_: list[str] = typer.Option([], "--set", help="Override a params.yaml key for this and later runs: KEY=VALUE."),
 ) -> None:
     """Run the pipeline with DVC: only stages whose inputs changed run again."""
@@ -102,8 +109,9 @@ def _print_gates(workdir: Path) -> None:
     for column in ("check", "value", "threshold", "result", "detail"):
         table.add_column(column)
     for c in report["checks"]:
-        table.add_row(c["name"], str(c["value"]), c["threshold"],
-                      "[green]pass[/]" if c["passed"] else "[red]FAIL[/]", c["detail"])
+        table.add_row(
+            c["name"], str(c["value"]), c["threshold"], "[green]pass[/]" if c["passed"] else "[red]FAIL[/]", c["detail"]
+        )
     console.print(table)
 
 
@@ -178,7 +186,9 @@ def _bundle(workdir: Path, model: str | None) -> Path:
 
 
 @app.command()
-def models(workdir: Path = WORKDIR, history: bool = typer.Option(False, "--history", help="Show alias moves instead.")) -> None:
+def models(
+    workdir: Path = WORKDIR, history: bool = typer.Option(False, "--history", help="Show alias moves instead.")
+) -> None:
     """List registered versions with aliases, key metrics, gate result and creation time."""
     from datetime import datetime
 
@@ -190,8 +200,14 @@ def models(workdir: Path = WORKDIR, history: bool = typer.Option(False, "--histo
         for column in ("when", "alias", "from", "to", "who", "why"):
             table.add_column(column)
         for m in registry.history():
-            table.add_row(datetime.fromtimestamp(m.when).isoformat(" ", "seconds"), m.alias,
-                          escape(m.from_version or "-"), escape(m.to_version or "-"), m.who, escape(m.why))
+            table.add_row(
+                datetime.fromtimestamp(m.when).isoformat(" ", "seconds"),
+                m.alias,
+                escape(m.from_version or "-"),
+                escape(m.to_version or "-"),
+                m.who,
+                escape(m.why),
+            )
         console.print(table)
         return
     table = Table(title=f"{registry.name}: versions")
@@ -200,9 +216,16 @@ def models(workdir: Path = WORKDIR, history: bool = typer.Option(False, "--histo
     aliases = registry.aliases()
     for v in registry.versions():
         tags = v.tags
-        table.add_row(str(v.version), ", ".join(a for a, n in aliases.items() if n == str(v.version)), tags.get("holdout.nwrmsle", "-"), tags.get("holdout.wape", "-"),
-                      tags.get("holdout.r2", "-"), tags.get("gate", "-"),
-                      datetime.fromtimestamp(v.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M"), (v.run_id or "")[:8])
+        table.add_row(
+            str(v.version),
+            ", ".join(a for a, n in aliases.items() if n == str(v.version)),
+            tags.get("holdout.nwrmsle", "-"),
+            tags.get("holdout.wape", "-"),
+            tags.get("holdout.r2", "-"),
+            tags.get("gate", "-"),
+            datetime.fromtimestamp(v.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M"),
+            (v.run_id or "")[:8],
+        )
     console.print(table)
 
 
@@ -210,7 +233,6 @@ def models(workdir: Path = WORKDIR, history: bool = typer.Option(False, "--histo
 def promote(version: str, workdir: Path = WORKDIR, reason: str = REASON) -> None:
     """Make VERSION the champion (the old champion is remembered for rollback)."""
     from cd4ml.registry import RegistryError
-
     from cd4ml.release import promote as promote_version
 
     try:
@@ -233,8 +255,10 @@ def rollback(workdir: Path = WORKDIR, reason: str = REASON) -> None:
 
 
 @app.command()
-def verify(model_uri: str = typer.Argument(..., help="Bundle folder or model URI, e.g. models:/sales-forecaster@champion."),
-           workdir: Path = WORKDIR) -> None:
+def verify(
+    model_uri: str = typer.Argument(..., help="Bundle folder or model URI, e.g. models:/sales-forecaster@champion."),
+    workdir: Path = WORKDIR,
+) -> None:
     """Re-score a bundle's holdout and fail loudly if its metrics differ from those recorded."""
     from cd4ml.bundle import verify as check_bundle
 
@@ -255,7 +279,9 @@ def verify(model_uri: str = typer.Argument(..., help="Bundle folder or model URI
 
 @app.command()
 def predict(
-    input: Path = typer.Option(..., "--input", "-i", exists=True, dir_okay=False, help="CSV: series keys, date, covariates."),
+    input: Path = typer.Option(
+        ..., "--input", "-i", exists=True, dir_okay=False, help="CSV: series keys, date, covariates."
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="CSV written with a prediction column."),
     model: str | None = MODEL,
     origin: str | None = typer.Option(None, help="Forecast origin YYYY-MM-DD (default: the bundle's last actuals)."),
@@ -280,8 +306,10 @@ def predict(
             result = predict_file(score, input, output, progress=lambda n: progress.advance(task, n))
         except InputError as exc:
             fail(f"cannot score {input}: {exc}", 2)
-    console.print(f"{result.rows:,} rows → {output} in {result.seconds:.2f} s "
-                  f"({result.rows_per_second:,.0f} rows/s), origin {score.origin}, servable to {score.last_servable}")
+    console.print(
+        f"{result.rows:,} rows → {output} in {result.seconds:.2f} s "
+        f"({result.rows_per_second:,.0f} rows/s), origin {score.origin}, servable to {score.last_servable}"
+    )
 
 
 @app.command()
@@ -290,7 +318,9 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     port: int = typer.Option(5005),
     workers: int = typer.Option(1, min=1, help="uvicorn worker processes."),
-    model: str | None = typer.Option(None, "--model", "-m", help="Serve this bundle/URI instead of following the alias."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Serve this bundle/URI instead of following the alias."
+    ),
     poll: float = typer.Option(5.0, help="Seconds between registry alias checks (0: never)."),
     prediction_log: str | None = typer.Option(None, help="sqlite:///path | postgresql://... | fluent://host:port/tag"),
 ) -> None:
@@ -372,7 +402,9 @@ def release_set(
 
 
 @ab_app.command("report")
-def ab_report(workdir: Path = WORKDIR, min_rows: int = typer.Option(100, help="Rows with actuals each arm needs.")) -> None:
+def ab_report(
+    workdir: Path = WORKDIR, min_rows: int = typer.Option(100, help="Rows with actuals each arm needs.")
+) -> None:
     """Per-arm sample sizes, errors with 95% intervals, a significance test and a verdict."""
     from cd4ml.monitoring.abtest import report
     from cd4ml.monitoring.feedback import FeedbackStore
@@ -384,16 +416,23 @@ def ab_report(workdir: Path = WORKDIR, min_rows: int = typer.Option(100, help="R
     for column in ("arm", "requests", "rows with actuals", "RMSLE", "mean sq. log error (95% CI)", "mean reward"):
         table.add_column(column)
     for a in decision.arms:
-        table.add_row(a.arm, str(a.requests), str(a.rows), f"{a.rmsle:.4f}",
-                      f"{a.mean_squared_log_error:.4f} ({a.ci95[0]:.4f}..{a.ci95[1]:.4f})",
-                      "-" if a.mean_reward is None else f"{a.mean_reward:.3f} (n={a.rewards})")
+        table.add_row(
+            a.arm,
+            str(a.requests),
+            str(a.rows),
+            f"{a.rmsle:.4f}",
+            f"{a.mean_squared_log_error:.4f} ({a.ci95[0]:.4f}..{a.ci95[1]:.4f})",
+            "-" if a.mean_reward is None else f"{a.mean_reward:.3f} (n={a.rewards})",
+        )
     console.print(table)
-    console.print(("p = %.4f · " % decision.p_value if decision.p_value is not None else "") + decision.verdict)
+    console.print((f"p = {decision.p_value:.4f} · " if decision.p_value is not None else "") + decision.verdict)
 
 
 @app.command()
 def actuals(
-    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV: series keys, date and the observed target."),
+    file: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="CSV: series keys, date and the observed target."
+    ),
     target: str = typer.Option("sales", help="Column holding observed sales."),
     workdir: Path = WORKDIR,
 ) -> None:
@@ -413,8 +452,10 @@ def actuals(
         result = ingest_actuals(file, keys, target, FeedbackStore(settings.resolved_feedback()), log_db)
     except ValueError as exc:
         fail(str(exc), 2)
-    console.print(f"{result.rows:,} rows: {result.new:,} new, {result.duplicates:,} already known; "
-                  f"{result.requests_joined:,} logged requests now have actuals")
+    console.print(
+        f"{result.rows:,} rows: {result.new:,} new, {result.duplicates:,} already known; "
+        f"{result.requests_joined:,} logged requests now have actuals"
+    )
 
 
 POLICY = typer.Option(None, "--policy", help="Policy YAML (monitor: and controller: sections); default: built-in.")
@@ -425,8 +466,9 @@ def _workspace(workdir: Path, gateway: str | None):
     from cd4ml.serving.settings import GatewaySettings
 
     settings = GatewaySettings.from_env(workdir=workdir.resolve())
-    return Workspace(workdir.resolve(), settings.resolved_log(), settings.resolved_feedback(), gateway,
-                     settings.admin_token)
+    return Workspace(
+        workdir.resolve(), settings.resolved_log(), settings.resolved_feedback(), gateway, settings.admin_token
+    )
 
 
 def _window(since_hours: float | None) -> float | None:
@@ -455,8 +497,14 @@ def monitor(
     for column in ("arm", "version", "rows with actuals", "NWRMSLE", "WAPE", "bias"):
         table.add_column(column)
     for q in summary.quality.get("by_arm_version", []):
-        table.add_row(q["arm"], str(q["model_version"]), str(q["rows"]), f"{q['nwrmsle']:.4f}", f"{q['wape']:.3f}",
-                      f"{q['bias']:+.3f}")
+        table.add_row(
+            q["arm"],
+            str(q["model_version"]),
+            str(q["rows"]),
+            f"{q['nwrmsle']:.4f}",
+            f"{q['wape']:.3f}",
+            f"{q['bias']:+.3f}",
+        )
     console.print(table)
     if summary.drift:
         console.print(f"drift: {summary.drift['share']:.0%} of columns ({', '.join(summary.drift['drifted'][:6])})")
@@ -522,8 +570,7 @@ def ui(workdir: Path = WORKDIR, port: int = typer.Option(5000)) -> None:
     uri = tracking_uri(workdir.resolve())
     console.print(f"MLflow UI on http://127.0.0.1:{port} for {uri}")
     mlflow = Path(sys.executable).parent / "mlflow"
-    os.execv(str(mlflow), [str(mlflow), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                           "--port", str(port)])
+    os.execv(str(mlflow), [str(mlflow), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)])
 
 
 if __name__ == "__main__":

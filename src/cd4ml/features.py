@@ -62,15 +62,21 @@ class FeatureSpec(BaseModel):
 
 
 def build_feature_spec(
-    dataset: dict, con: duckdb.DuckDBPyConnection, relation: str,
-    horizon: int, windows: list[int], weekday_weeks: list[int],
+    dataset: dict,
+    con: duckdb.DuckDBPyConnection,
+    relation: str,
+    horizon: int,
+    windows: list[int],
+    weekday_weeks: list[int],
 ) -> FeatureSpec:
     """Learn the category vocabularies from the canonical table (targets are never looked at)."""
     spec = dataset["spec"]
     encoded = [*spec["series_keys"], *dataset["attributes"]]
     categories = {
-        column: [str(v[0]) for v in con.execute(
-            f'SELECT DISTINCT CAST("{column}" AS VARCHAR) FROM {relation} ORDER BY 1').fetchall()]
+        column: [
+            str(v[0])
+            for v in con.execute(f'SELECT DISTINCT CAST("{column}" AS VARCHAR) FROM {relation} ORDER BY 1').fetchall()
+        ]
         for column in encoded
     }
     anchor = con.execute(f"SELECT isodow(max(date)) - 1 FROM {relation}").fetchone()[0]
@@ -115,7 +121,8 @@ def state_sql(fs: FeatureSpec, relation: str, origin: date) -> str:
         parts += [
             f"coalesce(avg({ly}) FILTER (WHERE date > {o} - INTERVAL {w * 7} DAY "
             f"AND isodow(date) = {d + 1}), 0) AS dow{d}_lmean_{w}"
-            for w in fs.weekday_weeks for d in range(7)
+            for w in fs.weekday_weeks
+            for d in range(7)
         ]
     parts += [
         f"coalesce(max(sales) FILTER (WHERE date = {o} - INTERVAL {j * p} DAY), 0) AS last_{j}"
@@ -250,10 +257,7 @@ def seasonal_naive(frame: pd.DataFrame) -> np.ndarray:
 def target_rows_sql(fs: FeatureSpec, relation: str, origin: date, columns: list[str]) -> str:
     o = f"DATE '{origin.isoformat()}'"
     end = origin + timedelta(days=fs.horizon * fs.period_days)
-    return (
-        f"SELECT {_quoted(columns)} FROM {relation} WHERE date > {o} "
-        f"AND date <= DATE '{end.isoformat()}'"
-    )
+    return f"SELECT {_quoted(columns)} FROM {relation} WHERE date > {o} AND date <= DATE '{end.isoformat()}'"
 
 
 def examples_at_origin(

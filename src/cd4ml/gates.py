@@ -34,7 +34,9 @@ class GateFailed(Exception):
 
 def absolute(metrics: dict[str, float], p: GateParams) -> list[Check]:
     return [
-        Check("holdout NWRMSLE", round(metrics["nwrmsle"], 4), f"≤ {p.max_nwrmsle}", metrics["nwrmsle"] <= p.max_nwrmsle),
+        Check(
+            "holdout NWRMSLE", round(metrics["nwrmsle"], 4), f"≤ {p.max_nwrmsle}", metrics["nwrmsle"] <= p.max_nwrmsle
+        ),
         Check("holdout R²", round(metrics["r2"], 4), f"> {p.min_r2}", metrics["r2"] > p.min_r2),
     ]
 
@@ -46,20 +48,29 @@ def relative_gain(model: float, reference: float) -> float:
 
 def beats_baseline(model: float, baseline: float, p: GateParams) -> Check:
     gain = relative_gain(model, baseline)
-    return Check("gain over seasonal naive", f"{gain:.2%}", f"≥ {p.min_gain_over_baseline:.0%}",
-                 gain >= p.min_gain_over_baseline, f"NWRMSLE {model:.4f} vs {baseline:.4f}")
+    return Check(
+        "gain over seasonal naive",
+        f"{gain:.2%}",
+        f"≥ {p.min_gain_over_baseline:.0%}",
+        gain >= p.min_gain_over_baseline,
+        f"NWRMSLE {model:.4f} vs {baseline:.4f}",
+    )
 
 
 def not_worse_than_champion(model: float, champion: float | None, version: str | None, p: GateParams) -> Check:
     if champion is None:
         return Check("vs champion", "no champion", "-", True, "first model")
     gain = relative_gain(model, champion)
-    return Check("vs champion", f"{gain:+.2%}", f"≥ -{p.champion_tolerance:.0%}", gain >= -p.champion_tolerance,
-                 f"NWRMSLE {model:.4f} vs champion v{version} {champion:.4f} re-scored on this holdout")
+    return Check(
+        "vs champion",
+        f"{gain:+.2%}",
+        f"≥ -{p.champion_tolerance:.0%}",
+        gain >= -p.champion_tolerance,
+        f"NWRMSLE {model:.4f} vs champion v{version} {champion:.4f} re-scored on this holdout",
+    )
 
 
-def slice_degradation(holdout: pd.DataFrame, slices: list[str], reference: str, label: str,
-                      p: GateParams) -> Check:
+def slice_degradation(holdout: pd.DataFrame, slices: list[str], reference: str, label: str, p: GateParams) -> Check:
     """Worst slice's relative NWRMSLE loss against `reference` predictions (fairness across slices)."""
     worst: list[tuple[float, str]] = []
     for column in slices:
@@ -78,8 +89,13 @@ def slice_degradation(holdout: pd.DataFrame, slices: list[str], reference: str, 
 
 def onnx_parity(native: np.ndarray, onnx: np.ndarray, p: GateParams) -> Check:
     gap = float(np.max(np.abs(np.log1p(native) - np.log1p(onnx)))) if len(native) else 0.0
-    return Check("ONNX parity", f"{gap:.2e}", f"≤ {p.onnx_tolerance:g}", gap <= p.onnx_tolerance,
-                 "max |log1p(native) − log1p(onnx)| on the holdout")
+    return Check(
+        "ONNX parity",
+        f"{gap:.2e}",
+        f"≤ {p.onnx_tolerance:g}",
+        gap <= p.onnx_tolerance,
+        "max |log1p(native) − log1p(onnx)| on the holdout",
+    )
 
 
 def data_valid(status: str) -> Check:
@@ -89,10 +105,18 @@ def data_valid(status: str) -> Check:
 def contract(pipeline_features: pd.DataFrame, serving_features: pd.DataFrame) -> Check:
     """The gateway's feature path reproduces the pipeline's features for the holdout rows."""
     same_columns = list(pipeline_features.columns) == list(serving_features.columns)
-    gap = float(np.max(np.abs(pipeline_features.to_numpy() - serving_features.to_numpy()))) \
-        if same_columns and len(pipeline_features) == len(serving_features) else float("inf")
-    return Check("feature contract (serving = training)", f"{gap:.1e}", "= 0", gap == 0.0,
-                 "" if same_columns else "column lists differ")
+    gap = (
+        float(np.max(np.abs(pipeline_features.to_numpy() - serving_features.to_numpy())))
+        if same_columns and len(pipeline_features) == len(serving_features)
+        else float("inf")
+    )
+    return Check(
+        "feature contract (serving = training)",
+        f"{gap:.1e}",
+        "= 0",
+        gap == 0.0,
+        "" if same_columns else "column lists differ",
+    )
 
 
 def report(checks: list[Check]) -> dict:

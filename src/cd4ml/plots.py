@@ -68,8 +68,7 @@ def feature_importance(model, fs: FeatureSpec, path: Path, top: int = 20) -> Pat
     return path
 
 
-def all_plots(holdout: pd.DataFrame, model, fs: FeatureSpec, directory: Path,
-              series: int) -> list[Path]:
+def all_plots(holdout: pd.DataFrame, model, fs: FeatureSpec, directory: Path, series: int) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     made = [
         forecast_vs_actual(holdout, fs.series_keys, series, directory / "forecast_vs_actual.png"),

@@ -17,8 +17,20 @@ from pathlib import Path
 from typing import Any
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-RUNTIME_PACKAGES = ["pandas", "numpy", "pyarrow", "duckdb", "onnxruntime", "pydantic", "pandera",
-                    "lightgbm", "scikit-learn", "skops", "pyyaml", "mlflow"]
+RUNTIME_PACKAGES = [
+    "pandas",
+    "numpy",
+    "pyarrow",
+    "duckdb",
+    "onnxruntime",
+    "pydantic",
+    "pandera",
+    "lightgbm",
+    "scikit-learn",
+    "skops",
+    "pyyaml",
+    "mlflow",
+]
 
 
 class RegistryError(RuntimeError):
@@ -44,8 +56,11 @@ def signature(series_keys: dict[str, str], covariates: list[str]):
     from mlflow.types import ColSpec, Schema
 
     kinds = {k: "long" if dtype.startswith(("int", "uint")) else "string" for k, dtype in series_keys.items()}
-    inputs = [ColSpec("string", "date"), *(ColSpec(t, k) for k, t in kinds.items()),
-              *(ColSpec("double", c) for c in covariates)]
+    inputs = [
+        ColSpec("string", "date"),
+        *(ColSpec(t, k) for k, t in kinds.items()),
+        *(ColSpec("double", c) for c in covariates),
+    ]
     return ModelSignature(inputs=Schema(inputs), outputs=Schema([ColSpec("double", "prediction")]))
 
 
@@ -147,8 +162,11 @@ class Registry:
         return found.experiment_id if found else self.client.create_experiment(name)
 
     def _record(self, move: AliasMove) -> None:
-        run = self.client.create_run(self._history_experiment(), start_time=int(move.when * 1000),
-                                     run_name=f"{move.alias}: {move.from_version} → {move.to_version}")
+        run = self.client.create_run(
+            self._history_experiment(),
+            start_time=int(move.when * 1000),
+            run_name=f"{move.alias}: {move.from_version} → {move.to_version}",
+        )
         for key in ("alias", "from_version", "to_version", "who", "why"):
             self.client.set_tag(run.info.run_id, key, str(getattr(move, key) or ""))
         self.client.set_terminated(run.info.run_id)
@@ -158,12 +176,18 @@ class Registry:
         found = self.client.get_experiment_by_name(f"{self.name}.aliases")
         if not found:
             return []
-        runs = self.client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"],
-                                       max_results=50_000)
+        runs = self.client.search_runs(
+            [found.experiment_id], order_by=["attributes.start_time ASC"], max_results=50_000
+        )
         moves = [
-            AliasMove(r.data.tags["alias"], r.data.tags["from_version"] or None,
-                      r.data.tags["to_version"] or None, r.data.tags["who"], r.data.tags["why"],
-                      r.info.start_time / 1000)
+            AliasMove(
+                r.data.tags["alias"],
+                r.data.tags["from_version"] or None,
+                r.data.tags["to_version"] or None,
+                r.data.tags["who"],
+                r.data.tags["why"],
+                r.info.start_time / 1000,
+            )
             for r in runs
         ]
         return [m for m in moves if alias is None or m.alias == alias]

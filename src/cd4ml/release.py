@@ -18,8 +18,11 @@ def routing_path(workdir: Path) -> Path:
 
 def describe(routing: Routing) -> str:
     arms = ", ".join(f"{a}={t}" for a, t in routing.arms.items())
-    extra = {"canary": f" share={routing.share:g}", "ab": f" shares={routing.ab_shares()}",
-             "bandit": f" policy={routing.bandit.policy}"}.get(routing.strategy, "")
+    extra = {
+        "canary": f" share={routing.share:g}",
+        "ab": f" shares={routing.ab_shares()}",
+        "bandit": f" policy={routing.bandit.policy}",
+    }.get(routing.strategy, "")
     return f"{routing.strategy} [{arms}]{extra}"
 
 
@@ -35,8 +38,11 @@ def unknown_arms(registry: Registry, routing: Routing) -> list[str]:
     """`arm=target` for each arm whose version or alias this model does not have (targets naming
     another model, `name@alias` or `name/7`, are left to the gateway)."""
     known = {str(v.version) for v in registry.versions()} | set(registry.aliases())
-    return [f"{arm}={target}" for arm, target in routing.arms.items()
-            if "@" not in target and "/" not in target and target not in known]
+    return [
+        f"{arm}={target}"
+        for arm, target in routing.arms.items()
+        if "@" not in target and "/" not in target and target not in known
+    ]
 
 
 def promote(workdir: Path, registry: Registry, version: str, why: str) -> AliasMove:
@@ -45,8 +51,9 @@ def promote(workdir: Path, registry: Registry, version: str, why: str) -> AliasM
     aliases = registry.aliases()  # before the promotion moves them
     move = registry.promote(version, why)
     routing = load_routing(routing_path(workdir))
-    trying = [arm for arm, target in routing.arms.items()
-              if arm != CHAMPION_ARM and version in {target, aliases.get(target)}]
+    trying = [
+        arm for arm, target in routing.arms.items() if arm != CHAMPION_ARM and version in {target, aliases.get(target)}
+    ]
     if routing.strategy in {"canary", "ab", "shadow", "bandit"} and trying:
         change_routing(workdir, registry, Routing(), f"v{version} promoted: release ended")
     return move

@@ -60,18 +60,23 @@ class SeriesData:
         newer = actuals[pd.to_datetime(actuals["date"]) > pd.Timestamp(self.last_date)]
         if newer.empty:
             return self
-        dates = pd.date_range(pd.Timestamp(self.last_date) + pd.Timedelta(days=period_days),
-                              pd.to_datetime(newer["date"]).max(), freq=f"{period_days}D")
+        dates = pd.date_range(
+            pd.Timestamp(self.last_date) + pd.Timedelta(days=period_days),
+            pd.to_datetime(newer["date"]).max(),
+            freq=f"{period_days}D",
+        )
         grid = self.series[keys].merge(pd.DataFrame({"date": dates}), how="cross")
-        observed = newer.assign(date=pd.to_datetime(newer["date"])).astype(
-            {k: self.series[k].dtype for k in keys}).drop_duplicates([*keys, "date"], keep="last")
+        observed = (
+            newer.assign(date=pd.to_datetime(newer["date"]))
+            .astype({k: self.series[k].dtype for k in keys})
+            .drop_duplicates([*keys, "date"], keep="last")
+        )
         filled = grid.merge(observed, on=[*keys, "date"], how="left")
         for column in self.history.columns:
             if column not in filled.columns:
                 filled[column] = 0.0
         filled = filled[self.history.columns].fillna(0.0)
-        history = pd.concat([self.history.assign(date=pd.to_datetime(self.history["date"])), filled],
-                            ignore_index=True)
+        history = pd.concat([self.history.assign(date=pd.to_datetime(self.history["date"])), filled], ignore_index=True)
         return SeriesData(history, self.series, self.holidays)
 
 
@@ -139,8 +144,14 @@ class Scorer:
         first, last = pd.Timestamp(self.origin) + step, pd.Timestamp(self.last_servable)
         outside = typed["date"].notna() & ((typed["date"] < first) | (typed["date"] > last))
         for r in np.flatnonzero(outside):
-            problems.append((int(r), "date", f"{typed['date'][r].date()} outside the servable range "
-                             f"{first.date()}..{last.date()} (origin {self.origin}, horizon {spec.horizon})"))
+            problems.append(
+                (
+                    int(r),
+                    "date",
+                    f"{typed['date'][r].date()} outside the servable range "
+                    f"{first.date()}..{last.date()} (origin {self.origin}, horizon {spec.horizon})",
+                )
+            )
         for c in spec.covariates:
             typed[c] = pd.to_numeric(typed[c].replace({True: 1, False: 0}), errors="coerce")
             for r in np.flatnonzero(~np.isfinite(typed[c].to_numpy(dtype=np.float64, na_value=np.nan))):

@@ -51,8 +51,9 @@ def metric_name(*parts: str) -> str:
 
 def git_commit(workdir: Path) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True,
-                             text=True, timeout=10, check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True, timeout=10, check=False
+        )
     except OSError:
         return "none"
     return out.stdout.strip() if out.returncode == 0 else "none"
@@ -76,16 +77,26 @@ def stage_hashes(workdir: Path) -> dict[str, str]:
 def git_dirty(workdir: Path) -> str:
     """Whether the checkout had uncommitted changes: the commit alone would not reproduce it."""
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=workdir,
-                             capture_output=True, text=True, timeout=10, check=False)
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except OSError:
         return "unknown"
     return "unknown" if out.returncode else str(bool(out.stdout.strip())).lower()
 
 
 def lineage(workdir: Path, data_hash: str) -> dict[str, str]:
-    return {"data_hash": data_hash, "git_commit": git_commit(workdir), "git_dirty": git_dirty(workdir),
-            **{f"dvc.{k}": v for k, v in stage_hashes(workdir).items()}}
+    return {
+        "data_hash": data_hash,
+        "git_commit": git_commit(workdir),
+        "git_dirty": git_dirty(workdir),
+        **{f"dvc.{k}": v for k, v in stage_hashes(workdir).items()},
+    }
 
 
 def read_run(path: Path) -> dict[str, str]:

@@ -39,10 +39,7 @@ def detect_date_format(values: pd.Series, file: str, column: str) -> str:
     settle, so it is an error rather than a guess.
     """
     sample = values.dropna().drop_duplicates().head(5000)
-    parsed = {
-        f: int(pd.to_datetime(sample, format=f, errors="coerce").notna().sum())
-        for f in KNOWN_DATE_FORMATS
-    }
+    parsed = {f: int(pd.to_datetime(sample, format=f, errors="coerce").notna().sum()) for f in KNOWN_DATE_FORMATS}
     best = max(parsed.values())
     fitting = [f for f, count in parsed.items() if count == best]
     if best and len(fitting) == 1:
@@ -51,10 +48,7 @@ def detect_date_format(values: pd.Series, file: str, column: str) -> str:
         check = f"unambiguous date format, fits {' and '.join(fitting)}: set date_format"
     else:
         check = "date in a known format (set date_format in a dataset spec)"
-    examples = [
-        {"line": line, column: value}
-        for line, value in zip(csv_lines(sample.index[:3]), sample, strict=False)
-    ]
+    examples = [{"line": line, column: value} for line, value in zip(csv_lines(sample.index[:3]), sample, strict=False)]
     raise DataValidationError([Problem(file, column, check, len(sample), examples)])
 
 
@@ -80,19 +74,12 @@ def favorita_events(path: Path) -> pd.DataFrame:
     dates = pd.to_datetime(events["date"], format=ISO_DATE, errors="coerce")
     bad = events.index[dates.isna()]
     if len(bad):
-        examples = [
-            {"line": line, "date": events.at[i, "date"]}
-            for line, i in zip(csv_lines(bad), bad, strict=False)
-        ]
-        raise DataValidationError(
-            [Problem(str(path), "date", f"date format {ISO_DATE}", len(bad), examples)]
-        )
+        examples = [{"line": line, "date": events.at[i, "date"]} for line, i in zip(csv_lines(bad), bad, strict=False)]
+        raise DataValidationError([Problem(str(path), "date", f"date format {ISO_DATE}", len(bad), examples)])
     off = events["type"].isin(HOLIDAY_TYPES) & (events["transferred"].str.lower() != "true")
     locale = events["locale_name"].where(events["locale"] != "National", NATIONAL)
     return (
-        pd.DataFrame(
-            {"date": dates[off], "locale": locale[off], "name": events["description"][off]}
-        )
+        pd.DataFrame({"date": dates[off], "locale": locale[off], "name": events["description"][off]})
         .drop_duplicates(["date", "locale"])
         .reset_index(drop=True)
     )

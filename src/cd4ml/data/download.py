@@ -82,9 +82,7 @@ def fetch(
         return target
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, partial_name = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.name}.", suffix=".part"
-    )
+    descriptor, partial_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     partial = Path(partial_name)
     try:
         with os.fdopen(descriptor, "wb") as handle:
@@ -122,9 +120,7 @@ def _stream(url: str, handle: BinaryIO, timeout: float, progress: bool, label: s
     """Write the body to handle chunk by chunk and return its SHA-256 hex digest."""
     try:
         # identity encoding keeps Content-Length comparable with the bytes we receive.
-        response = requests.get(
-            url, stream=True, timeout=timeout, headers={"Accept-Encoding": "identity"}
-        )
+        response = requests.get(url, stream=True, timeout=timeout, headers={"Accept-Encoding": "identity"})
     except requests.RequestException as error:
         raise DownloadError(url, f"connection error: {error}") from error
 
@@ -134,9 +130,7 @@ def _stream(url: str, handle: BinaryIO, timeout: float, progress: bool, label: s
         length_header = response.headers.get("Content-Length")
         expected_bytes = (
             int(length_header)
-            if length_header
-            and length_header.isdigit()
-            and "Content-Encoding" not in response.headers
+            if length_header and length_header.isdigit() and "Content-Encoding" not in response.headers
             else None
         )
         # urllib3 would raise on a short body but drop its last partial chunk; counting
@@ -152,18 +146,14 @@ def _stream(url: str, handle: BinaryIO, timeout: float, progress: bool, label: s
                     received += len(chunk)
                     advance(len(chunk))
             except requests.RequestException as error:
-                raise DownloadError(
-                    url, f"connection error after {received} bytes: {error}"
-                ) from error
+                raise DownloadError(url, f"connection error after {received} bytes: {error}") from error
     if expected_bytes is not None and received < expected_bytes:
         raise DownloadError(url, f"truncated: got {received} of {expected_bytes} bytes")
     return digest.hexdigest()
 
 
 @contextmanager
-def _progress_bar(
-    enabled: bool, label: str, total: int | None
-) -> Iterator[Callable[[int], object]]:
+def _progress_bar(enabled: bool, label: str, total: int | None) -> Iterator[Callable[[int], object]]:
     """Yield a callback advancing a Rich bar by n bytes (a no-op when disabled)."""
     if not enabled:
         yield lambda _n: None

@@ -64,9 +64,7 @@ class IngestReport:
         if self.exact_duplicates_dropped:
             notes.append(f"{self.exact_duplicates_dropped} exact duplicate rows dropped")
         if self.conflicting_duplicates_summed:
-            notes.append(
-                f"{self.conflicting_duplicates_summed} series-periods with several rows summed"
-            )
+            notes.append(f"{self.conflicting_duplicates_summed} series-periods with several rows summed")
         if self.negative_targets_kept:
             notes.append(f"{self.negative_targets_kept} negative targets kept as returns")
         if self.zero_rows_filled:
@@ -116,9 +114,7 @@ def stage_sales(
     writer: pq.ParquetWriter | None = None
     schema = None
     problems: list[Problem] = []
-    chunks = pd.read_csv(
-        inputs.sales, usecols=wanted, dtype=str, chunksize=chunk_rows, encoding="utf-8-sig"
-    )
+    chunks = pd.read_csv(inputs.sales, usecols=wanted, dtype=str, chunksize=chunk_rows, encoding="utf-8-sig")
     try:
         for chunk in chunks:
             if chunk.empty:
@@ -156,9 +152,7 @@ def _count_empty(counts: dict[str, int], column: str, values: pd.Series) -> None
 
 
 def _typed(chunk: pd.DataFrame, spec: DatasetSpec, report: IngestReport) -> pd.DataFrame:
-    typed = pd.DataFrame(
-        {"date": pd.to_datetime(chunk[spec.date_column], format=report.date_format)}
-    )
+    typed = pd.DataFrame({"date": pd.to_datetime(chunk[spec.date_column], format=report.date_format)})
     for key in spec.series_keys:
         typed[key] = chunk[key].str.strip()
     typed["sales"] = to_target(chunk[spec.target])
@@ -198,8 +192,7 @@ def canonicalise(
     report.negative_targets_kept = _count(con, "periods", "sales < 0")
     static = "".join(f", any_value({a}) AS {a}" for a in attrs)
     con.execute(
-        f"CREATE TEMP TABLE series AS SELECT {keys}, min(date) AS first_date{static} "
-        f"FROM dedup GROUP BY {keys}"
+        f"CREATE TEMP TABLE series AS SELECT {keys}, min(date) AS first_date{static} FROM dedup GROUP BY {keys}"
     )
     con.execute(
         f"""CREATE TEMP TABLE grid AS
@@ -234,8 +227,7 @@ def _count(con: duckdb.DuckDBPyConnection, relation: str, where: str = "true") -
 def _check_frequency(con: duckdb.DuckDBPyConnection, spec: DatasetSpec, file: str) -> None:
     """Weekly dates must share a weekday; daily dates all on one weekday are weekly data."""
     weekdays = con.execute(
-        "SELECT dayname(date), count(DISTINCT date), CAST(min(date) AS DATE) FROM dedup "
-        "GROUP BY 1 ORDER BY 2 DESC"
+        "SELECT dayname(date), count(DISTINCT date), CAST(min(date) AS DATE) FROM dedup GROUP BY 1 ORDER BY 2 DESC"
     ).fetchall()
     dates = sum(n for _, n, _ in weekdays)
     if spec.frequency == "weekly" and len(weekdays) > 1:
@@ -245,9 +237,7 @@ def _check_frequency(con: duckdb.DuckDBPyConnection, spec: DatasetSpec, file: st
     else:
         return
     examples = [{"weekday": day, "dates": n, "first": str(first)} for day, n, first in weekdays]
-    raise DataValidationError(
-        [Problem(file, spec.date_column, check, dates, examples[:MAX_EXAMPLES])]
-    )
+    raise DataValidationError([Problem(file, spec.date_column, check, dates, examples[:MAX_EXAMPLES])])
 
 
 def _join_side_table(
@@ -266,16 +256,12 @@ def _join_side_table(
     join = " AND ".join(f'CAST(r."{c}" AS VARCHAR) = s."{c}"' for c in side.on)
     unknown = _scalar(
         con,
-        f"SELECT count(DISTINCT ({_quoted(spec.series_keys, 'r.')})) "
-        f"FROM {relation} r ANTI JOIN {name} s ON {join}",
+        f"SELECT count(DISTINCT ({_quoted(spec.series_keys, 'r.')})) FROM {relation} r ANTI JOIN {name} s ON {join}",
     )
     if unknown:
         report.unknown_categories[side.path.name] = unknown
     attrs = ", ".join(f'coalesce(s."{c}", \'{UNKNOWN}\') AS "{c}"' for c in side.columns)
-    con.execute(
-        f"CREATE TEMP TABLE {joined} AS SELECT r.*, {attrs} "
-        f"FROM {relation} r LEFT JOIN {name} s ON {join}"
-    )
+    con.execute(f"CREATE TEMP TABLE {joined} AS SELECT r.*, {attrs} FROM {relation} r LEFT JOIN {name} s ON {join}")
     con.unregister(name)
     return joined
 
@@ -304,10 +290,7 @@ def write_canonical(
     weight = "1.0"
     if spec.weights:
         flag = f'lower(CAST("{spec.weights.column}" AS VARCHAR))'
-        weight = (
-            f"CASE WHEN {flag} IN ('1', 'true', 't', 'yes') "
-            f"THEN {spec.weights.weight_if_true} ELSE 1 END"
-        )
+        weight = f"CASE WHEN {flag} IN ('1', 'true', 't', 'yes') THEN {spec.weights.weight_if_true} ELSE 1 END"
     select = ", ".join(
         [
             "CAST(date AS DATE) AS date",
@@ -319,14 +302,9 @@ def write_canonical(
         ]
     )
     order = _quoted(spec.series_keys)
-    con.execute(
-        f"COPY (SELECT {select} FROM {relation} ORDER BY {order}, date) "
-        f"TO {_sql_text(out)} (FORMAT parquet)"
-    )
+    con.execute(f"COPY (SELECT {select} FROM {relation} ORDER BY {order}, date) TO {_sql_text(out)} (FORMAT parquet)")
     table = f"read_parquet({_sql_text(out)})"
-    report.rows, first, last = con.execute(
-        f"SELECT count(*), min(date), max(date) FROM {table}"
-    ).fetchall()[0]
+    report.rows, first, last = con.execute(f"SELECT count(*), min(date), max(date) FROM {table}").fetchall()[0]
     report.first_date, report.last_date = str(first), str(last)
     report.series = _count(con, f"(SELECT DISTINCT {order} FROM {table})")
 
@@ -334,9 +312,7 @@ def write_canonical(
 def connect(memory_limit: str, temp_dir: Path) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection that spills to disk instead of exceeding its memory cap."""
     temp_dir.mkdir(parents=True, exist_ok=True)
-    return duckdb.connect(
-        config={"memory_limit": memory_limit, "temp_directory": str(temp_dir), "threads": 2}
-    )
+    return duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": str(temp_dir), "threads": 2})
 
 
 def ingest(

@@ -72,9 +72,7 @@ _FAMILIES = (
     ("MAGAZINES", 6, 0.1, 1.0), ("HARDWARE", 4, 0.1, 1.2), ("BABY CARE", 1, 0.2, 0.8),
     ("BOOKS", 1, 0.05, 1.0), ("HOME APPLIANCES", 1, 0.05, 1.0),
 )  # fmt: skip
-_PERISHABLE_FAMILIES = frozenset(
-    {"PRODUCE", "DAIRY", "BREAD/BAKERY", "POULTRY", "MEATS", "DELI", "EGGS", "SEAFOOD"}
-)
+_PERISHABLE_FAMILIES = frozenset({"PRODUCE", "DAIRY", "BREAD/BAKERY", "POULTRY", "MEATS", "DELI", "EGGS", "SEAFOOD"})
 _WEIGHED_FAMILIES = frozenset({"PRODUCE", "MEATS", "POULTRY", "DELI", "SEAFOOD"})
 
 # (city, state, stores in the original)
@@ -289,10 +287,7 @@ def _holiday_days(events: pd.DataFrame, dates: np.ndarray, locale: str) -> dict[
     """Days off per locale_name: a transferred holiday is a normal day, its Transfer row is not."""
     off = events[(events["locale"] == locale) & ~events["transferred"]]
     days = pd.to_datetime(off["date"]).to_numpy().astype("datetime64[D]")
-    return {
-        name: np.isin(dates, days[(off["locale_name"] == name).to_numpy()])
-        for name in off["locale_name"].unique()
-    }
+    return {name: np.isin(dates, days[(off["locale_name"] == name).to_numpy()]) for name in off["locale_name"].unique()}
 
 
 def _yearly(index: pd.DatetimeIndex) -> np.ndarray:
@@ -381,9 +376,7 @@ def _store_sales(config: SampleConfig, cal: _Calendar, items: _Items, store: _St
     )
 
 
-def _train_table(
-    cal: _Calendar, items: _Items, nbr: int, sales: _StoreSales, first_id: int
-) -> pa.Table:
+def _train_table(cal: _Calendar, items: _Items, nbr: int, sales: _StoreSales, first_id: int) -> pa.Table:
     """Rows in the original's text formats: 7.0 and 2.638 for sales, True/False/empty promos."""
     text = pc.cast(pa.array(sales.sales), pa.string())
     whole = pa.array(sales.sales == np.round(sales.sales))
@@ -404,18 +397,14 @@ def _train_table(
     )
 
 
-def _transactions(
-    config: SampleConfig, cal: _Calendar, store: _Store, sales: _StoreSales
-) -> pd.DataFrame:
+def _transactions(config: SampleConfig, cal: _Calendar, store: _Store, sales: _StoreSales) -> pd.DataFrame:
     """Tickets per open day follow the store's total units (sub-linearly: bigger baskets)."""
     rng = _rng(config.seed, _SALES, store.nbr, 1)
     total = sales.daily_total[sales.open_days]
     ratio = np.clip(total / max(total.mean(), 1e-9), 0.05, None) if total.size else total
     noise = rng.lognormal(0.0, 0.05, total.size)
     count = np.rint(1500 * store.scale * ratio**0.8 * noise).astype(np.int64)
-    return pd.DataFrame(
-        {"date": cal.dates[sales.open_days], "store_nbr": store.nbr, "transactions": count}
-    )
+    return pd.DataFrame({"date": cal.dates[sales.open_days], "store_nbr": store.nbr, "transactions": count})
 
 
 def _oil(config: SampleConfig) -> pd.DataFrame:
@@ -423,13 +412,9 @@ def _oil(config: SampleConfig) -> pd.DataFrame:
     rng = _rng(config.seed, _OIL)
     index = pd.bdate_range(config.start, config.end)
     price = 95.0 * np.exp(np.cumsum(rng.normal(-0.0003, 0.018, index.size)))
-    closed = holidays.financial_holidays(
-        "NYSE", years=range(config.start.year, config.end.year + 1)
-    )
+    closed = holidays.financial_holidays("NYSE", years=range(config.start.year, config.end.year + 1))
     missing = np.isin(index.date, list(closed))
-    return pd.DataFrame(
-        {"date": index.date, "dcoilwtico": np.where(missing, np.nan, price.round(2))}
-    )
+    return pd.DataFrame({"date": index.date, "dcoilwtico": np.where(missing, np.nan, price.round(2))})
 
 
 def _items_frame(items: _Items) -> pd.DataFrame:
@@ -445,9 +430,7 @@ def _items_frame(items: _Items) -> pd.DataFrame:
 
 def _stores_frame(stores: list[_Store]) -> pd.DataFrame:
     columns = ["store_nbr", "city", "state", "type", "cluster"]
-    return pd.DataFrame(
-        [(s.nbr, s.city, s.state, s.type, s.cluster) for s in stores], columns=columns
-    )
+    return pd.DataFrame([(s.nbr, s.city, s.state, s.type, s.cluster) for s in stores], columns=columns)
 
 
 def _write_frame(frame: pd.DataFrame, path: Path) -> int:

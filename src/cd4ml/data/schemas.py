@@ -55,9 +55,7 @@ def raw_schema(spec: DatasetSpec, date_format: str) -> pa.DataFrameSchema:
     return pa.DataFrameSchema(columns, strict=False)
 
 
-def sales_schema(
-    series_keys: list[str], covariates: list[str], attributes: list[str]
-) -> pa.DataFrameSchema:
+def sales_schema(series_keys: list[str], covariates: list[str], attributes: list[str]) -> pa.DataFrameSchema:
     """The canonical table every reader produces."""
     columns = {
         "date": pa.Column("datetime64[ns]", nullable=False, coerce=True),

@@ -40,9 +40,7 @@ def resolve_source(source: str, cache_dir: Path) -> DatasetSpec:
         return _single_file(local, location=source)
     path = Path(source).expanduser()
     if not path.exists():
-        raise SpecError(
-            f"data source not found: {source} (use 'sample', a folder, a CSV, a URL or a spec YAML)"
-        )
+        raise SpecError(f"data source not found: {source} (use 'sample', a folder, a CSV, a URL or a spec YAML)")
     if path.suffix in SPEC_SUFFIXES:
         return load_spec(path)
     if path.is_dir():
@@ -60,8 +58,7 @@ def _folder(path: Path) -> DatasetSpec:
     if columns >= STORE_SALES_TRAIN:
         return presets.store_sales(path)
     raise SpecError(
-        f"{train}: columns {sorted(columns)} match neither the Favorita nor the Store Sales "
-        f"layout; {USE_A_SPEC}"
+        f"{train}: columns {sorted(columns)} match neither the Favorita nor the Store Sales layout; {USE_A_SPEC}"
     )
 
 
@@ -70,9 +67,7 @@ def _single_file(local: Path, location: str) -> DatasetSpec:
     columns = header(local)
     if set(presets.STORE47_COLUMNS) <= set(columns):
         return presets.store47(location)
-    raise SpecError(
-        f"{location}: columns {columns} are not the CD4ML workshop's store47 layout; {USE_A_SPEC}"
-    )
+    raise SpecError(f"{location}: columns {columns} are not the CD4ML workshop's store47 layout; {USE_A_SPEC}")
 
 
 @dataclass(frozen=True)
@@ -166,9 +161,7 @@ def _check_names(spec: DatasetSpec, inputs: Inputs) -> None:
         if unknown:
             check = f"names an attribute (one of: {', '.join(allowed) or 'none'})"
             examples = [{role: n} for n in unknown]
-            raise DataValidationError(
-                [Problem(f"dataset spec '{spec.name}'", role, check, len(unknown), examples)]
-            )
+            raise DataValidationError([Problem(f"dataset spec '{spec.name}'", role, check, len(unknown), examples)])
 
 
 def read_side_table(side: SideInput) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -178,28 +171,20 @@ def read_side_table(side: SideInput) -> tuple[pd.DataFrame, dict[str, int]]:
     exact. Exact duplicate rows are harmless and dropped; a key with two different rows
     cannot be joined without guessing, so it is an error.
     """
-    frame = pd.read_csv(
-        side.path, usecols=[*side.on, *side.columns], dtype=str, encoding="utf-8-sig"
-    )
+    frame = pd.read_csv(side.path, usecols=[*side.on, *side.columns], dtype=str, encoding="utf-8-sig")
     for key in side.on:
         frame[key] = frame[key].str.strip()
         missing = frame.index[frame[key].isna()]
         if len(missing):
             examples = [{"line": line} for line in csv_lines(missing)]
-            raise DataValidationError(
-                [Problem(side.name, key, "not_nullable", len(missing), examples)]
-            )
+            raise DataValidationError([Problem(side.name, key, "not_nullable", len(missing), examples)])
     unique = frame.drop_duplicates()
     clashing = unique[unique.duplicated(side.on, keep=False)]
     if len(clashing):
         examples = [
             {"line": line, **row}
-            for line, row in zip(
-                csv_lines(clashing.index), clashing[side.on].to_dict("records"), strict=False
-            )
+            for line, row in zip(csv_lines(clashing.index), clashing[side.on].to_dict("records"), strict=False)
         ]
-        raise DataValidationError(
-            [Problem(side.name, ", ".join(side.on), "one row per key", len(clashing), examples)]
-        )
+        raise DataValidationError([Problem(side.name, ", ".join(side.on), "one row per key", len(clashing), examples)])
     empty = {c: int(n) for c, n in unique[side.columns].isna().sum().items() if n}
     return unique, empty

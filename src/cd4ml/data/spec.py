@@ -138,8 +138,7 @@ def load_spec(path: Path, base: str | None = None) -> DatasetSpec:
         spec = DatasetSpec.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(spec)'}: {err['msg']}"
-            for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or '(spec)'}: {err['msg']}" for err in exc.errors()
         )
         raise SpecError(f"{path}: invalid dataset spec: {problems}") from exc
     return spec.model_copy(update={"base": base or str(path.parent.resolve())})

@@ -42,10 +42,17 @@ def plan_split(
     origins = [o for o in origins if o >= earliest]
     if not origins:
         needed = min_history + 3 * horizon
-        raise DataValidationError([
-            Problem("sales", "date", f"at least {needed} periods of history for horizon {horizon}",
-                    1, [{"first_date": str(first_date), "last_date": str(last_date)}])
-        ])
+        raise DataValidationError(
+            [
+                Problem(
+                    "sales",
+                    "date",
+                    f"at least {needed} periods of history for horizon {horizon}",
+                    1,
+                    [{"first_date": str(first_date), "last_date": str(last_date)}],
+                )
+            ]
+        )
     return Split(
         first_date=first_date,
         last_date=last_date,

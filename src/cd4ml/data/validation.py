@@ -30,9 +30,7 @@ class Problem:
     examples: list[dict[str, Any]] = field(default_factory=list)
 
     def describe(self) -> str:
-        rows = "; ".join(
-            ", ".join(f"{k}={v}" for k, v in example.items()) for example in self.examples
-        )
+        rows = "; ".join(", ".join(f"{k}={v}" for k, v in example.items()) for example in self.examples)
         where = f"{self.file}: column '{self.column}' failed check '{self.check}'"
         return f"{where} in {self.failures} row(s), e.g. {rows}" if rows else where
 
@@ -73,9 +71,7 @@ def problems_from_pandera(
     return problems
 
 
-def write_report(
-    path: Path, status: str, checks: list[dict[str, Any]], problems: list[Problem]
-) -> None:
+def write_report(path: Path, status: str, checks: list[dict[str, Any]], problems: list[Problem]) -> None:
     """The validation report artifact: every check run, and every problem found."""
     path.parent.mkdir(parents=True, exist_ok=True)
     report = {"status": status, "checks": checks, "problems": [asdict(p) for p in problems]}

@@ -12,8 +12,13 @@ import pandas as pd
 class Forecaster(Protocol):
     family: ClassVar[str]
 
-    def fit(self, X: pd.DataFrame, y: np.ndarray, weight: np.ndarray | None = None,
-            valid: tuple[pd.DataFrame, np.ndarray] | None = None) -> Self: ...
+    def fit(
+        self,
+        X: pd.DataFrame,
+        y: np.ndarray,
+        weight: np.ndarray | None = None,
+        valid: tuple[pd.DataFrame, np.ndarray] | None = None,
+    ) -> Self: ...
 
     def predict(self, X: pd.DataFrame) -> np.ndarray: ...
 

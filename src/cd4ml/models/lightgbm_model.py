@@ -27,28 +27,35 @@ class LightGBMForecaster:
         self.early_stopping_rounds = early_stopping_rounds
         self.params = {"objective": "regression", "verbose": -1, "n_jobs": 2, **params}
 
-    def fit(self, X: pd.DataFrame, y: np.ndarray, weight: np.ndarray | None = None,
-            valid: tuple[pd.DataFrame, np.ndarray] | None = None) -> Self:
+    def fit(
+        self,
+        X: pd.DataFrame,
+        y: np.ndarray,
+        weight: np.ndarray | None = None,
+        valid: tuple[pd.DataFrame, np.ndarray] | None = None,
+    ) -> Self:
         params = dict(self.params)
         rounds = params.pop("n_estimators", 500)
-        train = lgb.Dataset(X.to_numpy(np.float32), to_log(y), weight=weight,
-                            feature_name=list(X.columns), free_raw_data=True)
+        train = lgb.Dataset(
+            X.to_numpy(np.float32), to_log(y), weight=weight, feature_name=list(X.columns), free_raw_data=True
+        )
         callbacks, sets = [], []
         if valid is not None:
             sets = [lgb.Dataset(valid[0].to_numpy(np.float32), to_log(valid[1]), reference=train)]
             callbacks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False)]
-        self.booster_ = lgb.train(params, train, num_boost_round=rounds, valid_sets=sets,
-                                  callbacks=callbacks)
+        self.booster_ = lgb.train(params, train, num_boost_round=rounds, valid_sets=sets, callbacks=callbacks)
         return self
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
-        return to_sales(self.booster_.predict(X.to_numpy(np.float32),
-                                              num_iteration=self.booster_.best_iteration or None))
+        return to_sales(
+            self.booster_.predict(X.to_numpy(np.float32), num_iteration=self.booster_.best_iteration or None)
+        )
 
     def contributions(self, X: pd.DataFrame) -> np.ndarray:
         """Per-feature contributions in log-sales (TreeSHAP, computed by LightGBM itself)."""
-        return self.booster_.predict(X.to_numpy(np.float32), pred_contrib=True,
-                                     num_iteration=self.booster_.best_iteration or None)
+        return self.booster_.predict(
+            X.to_numpy(np.float32), pred_contrib=True, num_iteration=self.booster_.best_iteration or None
+        )
 
     def feature_importances(self) -> np.ndarray:
         return self.booster_.feature_importance(importance_type="gain")
@@ -68,8 +75,7 @@ class LightGBMForecaster:
 
     def save(self, directory: Path) -> None:
         write_family(directory, self.family)
-        self.booster_.save_model(str(directory / "model.txt"),
-                                 num_iteration=self.booster_.best_iteration or None)
+        self.booster_.save_model(str(directory / "model.txt"), num_iteration=self.booster_.best_iteration or None)
 
     @classmethod
     def load(cls, directory: Path) -> Self:

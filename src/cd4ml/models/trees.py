@@ -25,8 +25,13 @@ class _SklearnForecaster:
     def __init__(self, **params):
         self.params = params
 
-    def fit(self, X: pd.DataFrame, y: np.ndarray, weight: np.ndarray | None = None,
-            valid: tuple[pd.DataFrame, np.ndarray] | None = None) -> Self:
+    def fit(
+        self,
+        X: pd.DataFrame,
+        y: np.ndarray,
+        weight: np.ndarray | None = None,
+        valid: tuple[pd.DataFrame, np.ndarray] | None = None,
+    ) -> Self:
         self.estimator_ = self.estimator_class(**self.params)
         self.estimator_.fit(X.to_numpy(np.float32), to_log(y), sample_weight=weight)
         return self
@@ -39,7 +44,8 @@ class _SklearnForecaster:
         from skl2onnx.common.data_types import FloatTensorType
 
         onx = convert_sklearn(
-            self.estimator_, initial_types=[("input", FloatTensorType([None, n_features]))],
+            self.estimator_,
+            initial_types=[("input", FloatTensorType([None, n_features]))],
             target_opset={"": 17, "ai.onnx.ml": 3},
         )
         return onx.SerializeToString()

@@ -61,8 +61,18 @@ def report(feedback: list[dict], min_rows: int = 100, alpha: float = 0.05) -> De
         mean = float(e.mean()) if len(e) else math.nan
         half = 1.96 * float(e.std(ddof=1)) / math.sqrt(len(e)) if len(e) > 1 else math.nan
         r = rewards.get(arm, [])
-        results.append(ArmResult(arm, len(requests[arm]), len(e), math.sqrt(mean) if len(e) else math.nan, mean,
-                                 (mean - half, mean + half), float(np.mean(r)) if r else None, len(r)))
+        results.append(
+            ArmResult(
+                arm,
+                len(requests[arm]),
+                len(e),
+                math.sqrt(mean) if len(e) else math.nan,
+                mean,
+                (mean - half, mean + half),
+                float(np.mean(r)) if r else None,
+                len(r),
+            )
+        )
     measured = [a for a in results if a.rows > 1]
     if len(measured) < 2:
         return Decision(results, None, None, "not yet: need actuals for at least two arms")

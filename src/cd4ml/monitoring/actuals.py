@@ -28,7 +28,9 @@ def _key(keys: list[str], row: dict) -> str:
     return json.dumps([str(row[k]) for k in keys])
 
 
-def ingest_actuals(source: Path, keys: list[str], target: str, store: FeedbackStore, log_db: Path | None) -> ActualsResult:
+def ingest_actuals(
+    source: Path, keys: list[str], target: str, store: FeedbackStore, log_db: Path | None
+) -> ActualsResult:
     frame = pd.read_csv(source)
     missing = [c for c in [*keys, "date", target] if c not in frame.columns]
     if missing:
@@ -50,7 +52,8 @@ def _join_log(keys: list[str], store: FeedbackStore, log_db: Path) -> int:
     log = sqlite3.connect(log_db)
     joined = 0
     for request_id, arm, version, rows, predictions in log.execute(
-            "SELECT request_id, arm, model_version, rows, predictions FROM predictions WHERE arm NOT LIKE 'shadow:%'"):
+        "SELECT request_id, arm, model_version, rows, predictions FROM predictions WHERE arm NOT LIKE 'shadow:%'"
+    ):
         if request_id in done:
             continue
         rows = json.loads(rows)

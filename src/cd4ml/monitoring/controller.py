@@ -80,8 +80,15 @@ def _arm_quality(summary: Summary, arm: str) -> dict[str, Any] | None:
     return max(rows, key=lambda q: q["rows"]) if rows else None
 
 
-def decide(summary: Summary, routing, champion: str | None, challenger: str | None, previous: str | None,
-           state: ControllerState, policy: Policy) -> list[Action]:
+def decide(
+    summary: Summary,
+    routing,
+    champion: str | None,
+    challenger: str | None,
+    previous: str | None,
+    state: ControllerState,
+    policy: Policy,
+) -> list[Action]:
     """The actions this window calls for (at most one release move)."""
     p = policy.controller
     recent = state.windows_since_promotion is not None and state.windows_since_promotion <= p.rollback_within
@@ -89,30 +96,61 @@ def decide(summary: Summary, routing, champion: str | None, challenger: str | No
         worse = _worse_than_before(summary, champion, state, policy)
         operational = [b for b in summary.breaches if b.startswith(("errors", "latency"))]
         if worse or operational:
-            return [Action("rollback", f"v{champion} is worse than what it replaced: {worse or '; '.join(operational)}",
-                           {"breaches": operational, "before": state.quality_before_release, "to": previous})]
+            return [
+                Action(
+                    "rollback",
+                    f"v{champion} is worse than what it replaced: {worse or '; '.join(operational)}",
+                    {"breaches": operational, "before": state.quality_before_release, "to": previous},
+                )
+            ]
     if routing.strategy == "canary" and challenger:
         champ, chall = _arm_quality(summary, "champion"), _arm_quality(summary, "challenger")
         if champ and chall and min(champ["rows"], chall["rows"]) >= p.min_rows:
             evidence = {"champion": champ, "challenger": chall, "share": routing.share}
             if chall["nwrmsle"] <= champ["nwrmsle"] * (1 - p.challenger_margin):
                 if routing.share + p.canary_step >= 1:
-                    return [Action("promote", f"challenger v{challenger} better at {routing.share:.0%}: "
-                                   f"NWRMSLE {chall['nwrmsle']:.3f} vs {champ['nwrmsle']:.3f}", evidence)]
-                return [Action("step_canary", f"challenger v{challenger} better: NWRMSLE {chall['nwrmsle']:.3f} "
-                               f"vs {champ['nwrmsle']:.3f}", evidence | {"to": routing.share + p.canary_step})]
-            return [Action("end_canary", f"challenger v{challenger} worse: NWRMSLE {chall['nwrmsle']:.3f} "
-                           f"vs {champ['nwrmsle']:.3f}", evidence)]
+                    return [
+                        Action(
+                            "promote",
+                            f"challenger v{challenger} better at {routing.share:.0%}: "
+                            f"NWRMSLE {chall['nwrmsle']:.3f} vs {champ['nwrmsle']:.3f}",
+                            evidence,
+                        )
+                    ]
+                return [
+                    Action(
+                        "step_canary",
+                        f"challenger v{challenger} better: NWRMSLE {chall['nwrmsle']:.3f} vs {champ['nwrmsle']:.3f}",
+                        evidence | {"to": routing.share + p.canary_step},
+                    )
+                ]
+            return [
+                Action(
+                    "end_canary",
+                    f"challenger v{challenger} worse: NWRMSLE {chall['nwrmsle']:.3f} vs {champ['nwrmsle']:.3f}",
+                    evidence,
+                )
+            ]
         return []
     if challenger and routing.strategy == "single" and state.retrain_pending:
         if p.release == "immediate":
             return [Action("promote", f"new challenger v{challenger} released at once (release: immediate)")]
-        return [Action("start_canary", f"new challenger v{challenger}: canary at {p.canary_start:.0%}",
-                       {"share": p.canary_start})]
+        return [
+            Action(
+                "start_canary",
+                f"new challenger v{challenger}: canary at {p.canary_start:.0%}",
+                {"share": p.canary_start},
+            )
+        ]
     decaying = [b for b in summary.breaches if b.startswith(("drift", "quality"))]
     if decaying and state.decaying_windows + 1 >= p.retrain_after and not state.retrain_pending:
-        return [Action("retrain", f"drift or decay for {state.decaying_windows + 1} windows: {'; '.join(decaying)}",
-                       {"breaches": decaying})]
+        return [
+            Action(
+                "retrain",
+                f"drift or decay for {state.decaying_windows + 1} windows: {'; '.join(decaying)}",
+                {"breaches": decaying},
+            )
+        ]
     return []
 
 
@@ -131,8 +169,9 @@ def _worse_than_before(summary: Summary, champion: str | None, state: Controller
     return ""
 
 
-def advance(state: ControllerState, summary: Summary, actions: list[Action], champion: str | None = None
-            ) -> ControllerState:
+def advance(
+    state: ControllerState, summary: Summary, actions: list[Action], champion: str | None = None
+) -> ControllerState:
     """The state after this window and its actions."""
     decaying = any(b.startswith(("drift", "quality")) for b in summary.breaches)
     state.decaying_windows = state.decaying_windows + 1 if decaying else 0
@@ -153,5 +192,6 @@ def advance(state: ControllerState, summary: Summary, actions: list[Action], cha
 def record(path: Path, action: Action, applied: bool, detail: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as log:
-        log.write(json.dumps({"ts": time.time(), "applied": applied, "detail": detail, **asdict(action)},
-                             default=str) + "\n")
+        log.write(
+            json.dumps({"ts": time.time(), "applied": applied, "detail": detail, **asdict(action)}, default=str) + "\n"
+        )

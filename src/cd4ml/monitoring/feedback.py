@@ -64,8 +64,11 @@ class ServedIndex:
         if not path.exists():
             return None
         with sqlite3.connect(path, timeout=30) as db:
-            found = db.execute("SELECT arm, model_version, predictions, rows FROM predictions WHERE request_id = ? "
-                               "AND arm NOT LIKE 'shadow:%'", (request_id,)).fetchone()
+            found = db.execute(
+                "SELECT arm, model_version, predictions, rows FROM predictions WHERE request_id = ? "
+                "AND arm NOT LIKE 'shadow:%'",
+                (request_id,),
+            ).fetchone()
         return Served(found[0], found[1], json.loads(found[2]), json.loads(found[3])) if found else None
 
 
@@ -92,8 +95,10 @@ class FeedbackStore:
             "CREATE TABLE IF NOT EXISTS feedback (request_id TEXT, kind TEXT, value TEXT, arm TEXT, "
             "model_version TEXT, predictions TEXT, rows TEXT, ts DOUBLE PRECISION, PRIMARY KEY (request_id, kind))"
         )
-        self._execute("CREATE TABLE IF NOT EXISTS actuals (series TEXT, date TEXT, sales DOUBLE PRECISION, "
-                      "PRIMARY KEY (series, date))")
+        self._execute(
+            "CREATE TABLE IF NOT EXISTS actuals (series TEXT, date TEXT, sales DOUBLE PRECISION, "
+            "PRIMARY KEY (series, date))"
+        )
 
     def _execute(self, sql: str, args: tuple = ()) -> list[tuple]:
         sql = sql.replace("?", self.mark)
@@ -109,9 +114,19 @@ class FeedbackStore:
 
     def record_all(self, request_id: str, values: dict[str, Any], served: Served) -> None:
         """Feedback of several kinds (kind → value) in one INSERT: all of it, or on a duplicate none."""
-        rows = [(request_id, kind, json.dumps(value), served.arm, served.model_version,
-                 json.dumps(served.predictions), json.dumps(served.rows), time.time())
-                for kind, value in values.items()]
+        rows = [
+            (
+                request_id,
+                kind,
+                json.dumps(value),
+                served.arm,
+                served.model_version,
+                json.dumps(served.predictions),
+                json.dumps(served.rows),
+                time.time(),
+            )
+            for kind, value in values.items()
+        ]
         marks = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))
         try:
             self._execute(f"INSERT INTO feedback VALUES {marks}", tuple(v for row in rows for v in row))
@@ -127,7 +142,9 @@ class FeedbackStore:
         added = 0
         for row, value in zip(rows, values, strict=True):
             series = json.dumps([str(row[k]) for k in keys])
-            before = self._execute("SELECT count(*) FROM actuals WHERE series = ? AND date = ?", (series, str(row["date"])))
+            before = self._execute(
+                "SELECT count(*) FROM actuals WHERE series = ? AND date = ?", (series, str(row["date"]))
+            )
             self._execute(f"INSERT INTO actuals VALUES (?, ?, ?) {conflict}", (series, str(row["date"]), float(value)))
             added += before[0][0] == 0
         return added

@@ -40,8 +40,7 @@ class Workspace:
         return self.root / "reports" / "monitor"
 
 
-def monitor_window(ws: Workspace, since: float | None, until: float | None,
-                   policy: controller.Policy) -> Summary:
+def monitor_window(ws: Workspace, since: float | None, until: float | None, policy: controller.Policy) -> Summary:
     registry = ws.registry
     champion = registry.alias(CHAMPION)
     if champion is None:
@@ -50,12 +49,22 @@ def monitor_window(ws: Workspace, since: float | None, until: float | None,
     versions = {(r.model_name, str(r.model_version)) for r in requests.itertuples() if r.model_version}
     bundles = {version: ws.bundle(name, version) for name, version in versions}
     champion_bundle = ws.bundle(registry.name, champion)
-    return report.run_monitor(ws.log_url, FeedbackStore(ws.feedback_url), bundles, champion_bundle, since, until,
-                              policy.monitor, ws.reports, ws.gateway_url)
+    return report.run_monitor(
+        ws.log_url,
+        FeedbackStore(ws.feedback_url),
+        bundles,
+        champion_bundle,
+        since,
+        until,
+        policy.monitor,
+        ws.reports,
+        ws.gateway_url,
+    )
 
 
-def control(ws: Workspace, summary: Summary, policy: controller.Policy, dry_run: bool,
-            retrain_overrides: list[str]) -> list[controller.Action]:
+def control(
+    ws: Workspace, summary: Summary, policy: controller.Policy, dry_run: bool, retrain_overrides: list[str]
+) -> list[controller.Action]:
     """Decide and (unless dry_run) apply this window's actions; every one is recorded."""
     registry = ws.registry
     state_file = ws.root / "reports" / "controller" / "state.json"
@@ -63,8 +72,9 @@ def control(ws: Workspace, summary: Summary, policy: controller.Policy, dry_run:
     state = controller.ControllerState.read(state_file)
     routing = load_routing(routing_path(ws.root))
     champion, challenger = registry.alias(CHAMPION), registry.alias(CHALLENGER)
-    actions = controller.decide(summary, routing, champion, challenger,
-                                previous_champion(registry.history(CHAMPION)), state, policy)
+    actions = controller.decide(
+        summary, routing, champion, challenger, previous_champion(registry.history(CHAMPION)), state, policy
+    )
     retrain_failed = False
     for action in actions:
         detail = "dry run" if dry_run else _apply(ws, registry, action, routing, challenger, retrain_overrides)
@@ -81,8 +91,14 @@ def control(ws: Workspace, summary: Summary, policy: controller.Policy, dry_run:
     return actions
 
 
-def _apply(ws: Workspace, registry: Registry, action: controller.Action, routing: Routing,
-           challenger: str | None, retrain_overrides: list[str]) -> str:
+def _apply(
+    ws: Workspace,
+    registry: Registry,
+    action: controller.Action,
+    routing: Routing,
+    challenger: str | None,
+    retrain_overrides: list[str],
+) -> str:
     why = f"controller: {action.reason}"
     if action.kind == "rollback":
         move = registry.rollback(why)
@@ -90,8 +106,12 @@ def _apply(ws: Workspace, registry: Registry, action: controller.Action, routing
         return f"champion v{move.from_version} → v{move.to_version}"
     if action.kind in {"step_canary", "start_canary"}:
         share = action.evidence.get("to", action.evidence.get("share"))
-        canary = Routing(strategy="canary", share=share, arms={"champion": "champion", "challenger": "challenger"},
-                         sticky_by=routing.sticky_by)
+        canary = Routing(
+            strategy="canary",
+            share=share,
+            arms={"champion": "champion", "challenger": "challenger"},
+            sticky_by=routing.sticky_by,
+        )
         change_routing(ws.root, registry, canary, why)
         return f"canary at {share:.0%}"
     if action.kind == "promote":
@@ -124,5 +144,6 @@ def _reload(ws: Workspace) -> None:
         return
     import httpx
 
-    httpx.post(f"{ws.gateway_url.rstrip('/')}/admin/reload", headers={"Authorization": f"Bearer {ws.admin_token}"},
-               timeout=120)
+    httpx.post(
+        f"{ws.gateway_url.rstrip('/')}/admin/reload", headers={"Authorization": f"Bearer {ws.admin_token}"}, timeout=120
+    )

@@ -25,8 +25,19 @@ from pydantic import BaseModel, ConfigDict
 
 from cd4ml.metrics import bias, nwrmsle, wape
 
-CALENDAR = {"horizon", "dayofweek", "day", "month", "weekofyear", "dayofyear", "paydays", "since_payday",
-            "holiday_national", "holiday_local", "history"}
+CALENDAR = {
+    "horizon",
+    "dayofweek",
+    "day",
+    "month",
+    "weekofyear",
+    "dayofyear",
+    "paydays",
+    "since_payday",
+    "holiday_national",
+    "holiday_local",
+    "history",
+}
 
 
 class MonitorPolicy(BaseModel):
@@ -62,8 +73,11 @@ def read_log(url: str, since: float | None = None, until: float | None = None) -
         import psycopg2
 
         with psycopg2.connect(url) as db:
-            return pd.read_sql_query(query.replace(":since", "%(since)s").replace(":until", "%(until)s"), db,
-                                     params={"since": since, "until": until})
+            return pd.read_sql_query(
+                query.replace(":since", "%(since)s").replace(":until", "%(until)s"),
+                db,
+                params={"since": since, "until": until},
+            )
     raise ValueError(f"{url}: monitoring reads SQLite or PostgreSQL logs (a Fluentd stream is read in its own stack)")
 
 
@@ -104,8 +118,15 @@ def quality(rows: pd.DataFrame, by: list[str]) -> list[dict[str, Any]]:
             continue
         values = group if isinstance(group, tuple) else (group,)
         a, p, w = part["actual"].to_numpy(), part["prediction"].to_numpy(), part["weight"].to_numpy()
-        results.append({**dict(zip(by, map(_plain, values), strict=True)), "rows": len(part),
-                        "nwrmsle": nwrmsle(a, p, w), "wape": wape(a, p), "bias": bias(a, p)})
+        results.append(
+            {
+                **dict(zip(by, map(_plain, values), strict=True)),
+                "rows": len(part),
+                "nwrmsle": nwrmsle(a, p, w),
+                "wape": wape(a, p),
+                "bias": bias(a, p),
+            }
+        )
     return results
 
 
@@ -122,7 +143,9 @@ def drift(reference: pd.DataFrame, current: pd.DataFrame, categorical: list[str]
 
     columns = [c for c in reference.columns if c in current.columns]
     numerical = [c for c in columns if c not in categorical]
-    definition = DataDefinition(numerical_columns=numerical, categorical_columns=[c for c in columns if c in categorical])
+    definition = DataDefinition(
+        numerical_columns=numerical, categorical_columns=[c for c in columns if c in categorical]
+    )
     result = Report([DataDriftPreset()]).run(
         Dataset.from_pandas(current[columns], data_definition=definition),
         Dataset.from_pandas(reference[columns], data_definition=definition),
@@ -136,11 +159,18 @@ def drift(reference: pd.DataFrame, current: pd.DataFrame, categorical: list[str]
         if config["type"].endswith("DriftedColumnsCount"):
             share = float(metric["value"]["share"])
         elif config["type"].endswith("ValueDrift"):
-            scores[config["column"]] = {"score": float(metric["value"]), "method": config["method"],
-                                        "threshold": float(config["threshold"])}
+            scores[config["column"]] = {
+                "score": float(metric["value"]),
+                "method": config["method"],
+                "threshold": float(config["threshold"]),
+            }
     drifted = sorted(c for c, s in scores.items() if _drifted(s))
-    return {"share": share, "drifted": drifted, "columns": scores,
-            "prediction": scores.get("prediction", {}).get("score")}
+    return {
+        "share": share,
+        "drifted": drifted,
+        "columns": scores,
+        "prediction": scores.get("prediction", {}).get("score"),
+    }
 
 
 def _drifted(score: dict) -> bool:
@@ -167,14 +197,19 @@ class Summary:
 def operations(requests: pd.DataFrame, gateway_metrics: dict[str, float] | None) -> dict[str, Any]:
     served = requests[~requests["arm"].astype(str).str.startswith("shadow:")] if len(requests) else requests
     latency = served["latency_ms"].to_numpy() if len(served) else np.array([])
-    ops = {"requests": len(served),
-           "p50_ms": float(np.percentile(latency, 50)) if len(latency) else None,
-           "p99_ms": float(np.percentile(latency, 99)) if len(latency) else None,
-           "by_arm": served.groupby("arm").size().to_dict() if len(served) else {}}
+    ops = {
+        "requests": len(served),
+        "p50_ms": float(np.percentile(latency, 50)) if len(latency) else None,
+        "p99_ms": float(np.percentile(latency, 99)) if len(latency) else None,
+        "by_arm": served.groupby("arm").size().to_dict() if len(served) else {},
+    }
     if gateway_metrics:
         total = gateway_metrics.get("requests", 0) or 0
-        ops |= {"errors": gateway_metrics.get("errors", 0), "dropped": gateway_metrics.get("dropped", 0),
-                "error_rate": gateway_metrics.get("errors", 0) / total if total else 0.0}
+        ops |= {
+            "errors": gateway_metrics.get("errors", 0),
+            "dropped": gateway_metrics.get("dropped", 0),
+            "error_rate": gateway_metrics.get("errors", 0) / total if total else 0.0,
+        }
     return ops
 
 
@@ -199,13 +234,17 @@ def gateway_counters(url: str) -> dict[str, float]:
 def breaches(summary: Summary, policy: MonitorPolicy) -> list[str]:
     found = []
     if summary.drift and summary.drift["share"] > policy.max_drift_share:
-        found.append(f"drift: {summary.drift['share']:.0%} of columns drifted "
-                     f"({', '.join(summary.drift['drifted'][:5])}) > {policy.max_drift_share:.0%}")
+        found.append(
+            f"drift: {summary.drift['share']:.0%} of columns drifted "
+            f"({', '.join(summary.drift['drifted'][:5])}) > {policy.max_drift_share:.0%}"
+        )
     holdout = summary.reference.get("holdout_nwrmsle")
     for q in summary.quality.get("by_version", []):
         if holdout and q["rows"] >= policy.min_rows and q["nwrmsle"] > holdout * (1 + policy.max_quality_decay):
-            found.append(f"quality: v{q['model_version']} NWRMSLE {q['nwrmsle']:.3f} > holdout {holdout:.3f} "
-                         f"+ {policy.max_quality_decay:.0%}")
+            found.append(
+                f"quality: v{q['model_version']} NWRMSLE {q['nwrmsle']:.3f} > holdout {holdout:.3f} "
+                f"+ {policy.max_quality_decay:.0%}"
+            )
     if summary.skew and summary.skew["max"] > policy.max_skew:
         found.append(f"skew: serving differs from batch by {summary.skew['max']:.2e} > {policy.max_skew:g}")
     ops = summary.operations

@@ -76,21 +76,31 @@ def run_monitor(
         served = served.merge(series, on=keys, how="left")
         served = monitor.attach_actuals(served, actuals, keys)
         slices = [c for c in ("family", "type", "perishable") if c in served.columns]
-        quality = {"by_version": monitor.quality(served, ["model_version"]),
-                   "by_arm_version": monitor.quality(served, ["arm", "model_version"]),
-                   "by_day": monitor.quality(served.assign(day=served["date"].dt.date.astype(str)), ["day", "arm"]),
-                   "by_slice": [q | {"slice": s} for s in slices for q in monitor.quality(served, [s])]}
+        quality = {
+            "by_version": monitor.quality(served, ["model_version"]),
+            "by_arm_version": monitor.quality(served, ["arm", "model_version"]),
+            "by_day": monitor.quality(served.assign(day=served["date"].dt.date.astype(str)), ["day", "arm"]),
+            "by_slice": [q | {"slice": s} for s in slices for q in monitor.quality(served, [s])],
+        }
         current, skew = rescore(served, bundles, actuals)
-        monitored = [c for c in [*spec.state_columns, *spec.covariates, "seasonal_naive_log", "prediction"]
-                     if c in current.columns and c not in monitor.CALENDAR]
+        monitored = [
+            c
+            for c in [*spec.state_columns, *spec.covariates, "seasonal_naive_log", "prediction"]
+            if c in current.columns and c not in monitor.CALENDAR
+        ]
         monitored += [c for c in current.columns if c.startswith("dow_lmean")]
-        drift = monitor.drift(reference_frame(champion_bundle)[monitored], current[monitored], [],
-                              out_dir / "drift.html")
+        drift = monitor.drift(
+            reference_frame(champion_bundle)[monitored], current[monitored], [], out_dir / "drift.html"
+        )
     counters = monitor.gateway_counters(gateway_url) if gateway_url else None
     summary = monitor.Summary(
         window={"since": since, "until": until or time.time(), "requests": len(requests), "rows": len(rows)},
         operations=monitor.operations(requests, counters) if len(requests) else {"requests": 0},
-        quality=quality, drift=drift, skew=skew, reference=reference)
+        quality=quality,
+        drift=drift,
+        skew=skew,
+        reference=reference,
+    )
     summary.breaches = monitor.breaches(summary, policy)
     write(summary, out_dir)
     return summary
@@ -105,6 +115,7 @@ def write(summary: monitor.Summary, out_dir: Path) -> None:
 
 def page(summary: monitor.Summary) -> str:
     """A one-page HTML report; the Evidently drift report sits beside it as drift.html."""
+
     def table(rows: list[dict]) -> str:
         if not rows:
             return "<p>no rows with actuals yet</p>"
@@ -121,7 +132,8 @@ def page(summary: monitor.Summary) -> str:
 <h2>Quality by model version</h2>{table(summary.quality.get("by_version", []))}
 <h2>Quality by arm</h2>{table(summary.quality.get("by_arm_version", []))}
 <h2>Quality by slice</h2>{table(summary.quality.get("by_slice", []))}
-<h2>Drift</h2><p>{drift.get("share", 0):.0%} of monitored columns drifted: {html.escape(", ".join(drift.get("drifted", [])))}.
+<h2>Drift</h2><p>{drift.get("share", 0):.0%} of monitored columns drifted:
+{html.escape(", ".join(drift.get("drifted", [])))}.
 Evidently's report: <a href="drift.html">drift.html</a></p>
 <h2>Training-serving skew</h2>{table([summary.skew] if summary.skew else [])}"""
 

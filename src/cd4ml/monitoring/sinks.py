@@ -12,8 +12,18 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-COLUMNS = ["request_id", "ts", "model_name", "model_version", "arm", "rows", "predictions",
-           "contributions", "latency_ms", "origin"]
+COLUMNS = [
+    "request_id",
+    "ts",
+    "model_name",
+    "model_version",
+    "arm",
+    "rows",
+    "predictions",
+    "contributions",
+    "latency_ms",
+    "origin",
+]
 JSON_COLUMNS = {"rows", "predictions", "contributions"}
 
 
@@ -48,8 +58,10 @@ class SQLiteSink:
 
     def write(self, records: list[dict[str, Any]]) -> None:
         with self.db:
-            self.db.executemany(f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
-                                [_values(r) for r in records])
+            self.db.executemany(
+                f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                [_values(r) for r in records],
+            )
 
     def close(self) -> None:
         self.db.close()
@@ -75,8 +87,9 @@ class PostgresSink:
         from psycopg2.extras import execute_values
 
         with self.db, self.db.cursor() as cur:
-            execute_values(cur, f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES %s",
-                           [_values(r) for r in records])
+            execute_values(
+                cur, f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES %s", [_values(r) for r in records]
+            )
 
     def close(self) -> None:
         self.db.close()

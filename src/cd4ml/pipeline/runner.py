@@ -73,8 +73,13 @@ def source_identity(source: str, base: Path) -> dict:
     if source == "sample" or source.startswith(("http://", "https://")):
         return {"source": source}
     path = (base / source).expanduser().resolve()
-    files = sorted(path.iterdir()) if path.is_dir() else [path, *sorted(path.parent.iterdir())] \
-        if path.suffix in {".yaml", ".yml"} else [path]
+    files = (
+        sorted(path.iterdir())
+        if path.is_dir()
+        else [path, *sorted(path.parent.iterdir())]
+        if path.suffix in {".yaml", ".yml"}
+        else [path]
+    )
     stamp = hashlib.sha256()
     for f in files:
         if f.is_file():

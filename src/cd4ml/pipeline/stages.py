@@ -39,7 +39,9 @@ def ingest(root: Path) -> str:
     try:
         if source == "sample":
             sample = params.data.sample
-            write_sample(paths.sample, SampleConfig(sample.stores, sample.items, sample.days, sample.start, sample.seed))
+            write_sample(
+                paths.sample, SampleConfig(sample.stores, sample.items, sample.days, sample.start, sample.seed)
+            )
             spec = favorita(paths.sample)
         else:
             spec = resolve_source(source, paths.cache)
@@ -52,8 +54,15 @@ def ingest(root: Path) -> str:
         raise
     if params.data.segment or params.data.until:
         report = restrict(paths.ingested, params.data.segment, params.data.until)
-    _json(paths.reports / "ingest.json", {"rows": report.rows, "series": report.series,
-                                          "rows_read": report.rows_read, "zero_rows_filled": report.zero_rows_filled})
+    _json(
+        paths.reports / "ingest.json",
+        {
+            "rows": report.rows,
+            "series": report.series,
+            "rows_read": report.rows_read,
+            "zero_rows_filled": report.zero_rows_filled,
+        },
+    )
     return f"{spec.name}: {report.rows:,} rows, {report.series:,} series, {report.first_date}..{report.last_date}"
 
 
@@ -128,13 +137,19 @@ def split(root: Path) -> str:
     dataset = _dataset(paths)
     report = dataset["report"]
     plan = plan_split(
-        date.fromisoformat(report["first_date"]), date.fromisoformat(report["last_date"]),
-        params.split.horizon, 1 if dataset["spec"]["frequency"] == "daily" else 7,
-        params.split.train_origins, params.split.origin_stride, params.split.min_history,
+        date.fromisoformat(report["first_date"]),
+        date.fromisoformat(report["last_date"]),
+        params.split.horizon,
+        1 if dataset["spec"]["frequency"] == "daily" else 7,
+        params.split.train_origins,
+        params.split.origin_stride,
+        params.split.min_history,
     )
     _json(paths.split, plan.model_dump(mode="json"))
-    return (f"{len(plan.train_origins)} train origins ≤ {plan.train_origins[-1]}, valid {plan.valid_origin}, "
-            f"holdout {plan.holdout_origin}")
+    return (
+        f"{len(plan.train_origins)} train origins ≤ {plan.train_origins[-1]}, valid {plan.valid_origin}, "
+        f"holdout {plan.holdout_origin}"
+    )
 
 
 def featurize(root: Path) -> str:
@@ -152,8 +167,7 @@ def featurize(root: Path) -> str:
     plan = Split.model_validate_json(paths.split.read_text())
     con = connect(params.data.memory_limit, root / ".cd4ml" / "duckdb")
     con.execute(f"CREATE VIEW sales AS SELECT * FROM read_parquet('{paths.ingested / 'sales.parquet'}')")
-    fs = build_feature_spec(dataset, con, "sales", plan.horizon, params.features.windows,
-                            params.features.weekday_weeks)
+    fs = build_feature_spec(dataset, con, "sales", plan.horizon, params.features.windows, params.features.weekday_weeks)
     holidays = holiday_counts(pd.read_parquet(paths.ingested / "holidays.parquet"), fs)
     keep = list(dict.fromkeys(["sales", "weight", *dataset["spec"]["slices"]]))
     paths.features.mkdir(parents=True, exist_ok=True)
@@ -193,7 +207,7 @@ def load_part(
     start = 0
     for batch in file.iter_batches(batch_size=256_000, columns=columns):
         for j, column in enumerate(columns):
-            features[start:start + batch.num_rows, j] = batch.column(column).to_numpy()
+            features[start : start + batch.num_rows, j] = batch.column(column).to_numpy()
         start += batch.num_rows
     if labels is None:
         labels = [name for name in file.schema_arrow.names if name not in columns]
@@ -220,8 +234,7 @@ def train(root: Path) -> str:
     Xv, valid = load_part(paths, "valid", fs.columns, labels=["sales"])
     model = make_model(params.model.type, params.model.chosen)
     with tracking.run(root, params.tracking.experiment) as active:
-        model.fit(X, labels["sales"].to_numpy(), labels["weight"].to_numpy(),
-                  valid=(Xv, valid["sales"].to_numpy()))
+        model.fit(X, labels["sales"].to_numpy(), labels["weight"].to_numpy(), valid=(Xv, valid["sales"].to_numpy()))
         model.save(paths.model)
         (paths.model / "model.onnx").write_bytes(model.to_onnx(len(fs.columns)))
         (paths.model / "feature_spec.json").write_text(fs.model_dump_json(indent=2))
@@ -229,8 +242,10 @@ def train(root: Path) -> str:
         hashes = tracking.stage_hashes(root)
         mlflow.log_params(tracking.flatten(params.model_dump(mode="json", exclude={"model"})))
         mlflow.log_params(tracking.flatten({"model": {"type": params.model.type, **params.model.chosen}}))
-        mlflow.set_tags(tracking.lineage(root, hashes.get("ingest:data/ingested", "")) |
-                        {"dataset": dataset["spec"]["name"], "model_family": params.model.type})
+        mlflow.set_tags(
+            tracking.lineage(root, hashes.get("ingest:data/ingested", ""))
+            | {"dataset": dataset["spec"]["name"], "model_family": params.model.type}
+        )
         mlflow.log_dict(dataset, "data/dataset.json")
         mlflow.log_artifact(str(paths.split), "data")
         if (root / "dvc.lock").exists():
@@ -259,8 +274,10 @@ def evaluate(root: Path) -> str:
     holdout["prediction"] = Predictor.read(paths.model).predict_features(X)
     holdout["baseline"] = seasonal_naive(X)
     actual, weight = holdout["sales"].to_numpy(), holdout["weight"].to_numpy()
-    metrics = {"model": score(actual, holdout["prediction"].to_numpy(), weight),
-               "baseline": score(actual, holdout["baseline"].to_numpy(), weight)}
+    metrics = {
+        "model": score(actual, holdout["prediction"].to_numpy(), weight),
+        "baseline": score(actual, holdout["baseline"].to_numpy(), weight),
+    }
     slices = evaluate_slices(holdout, _dataset(paths)["spec"]["slices"], actual="sales")
     paths.reports.mkdir(parents=True, exist_ok=True)
     holdout.to_parquet(paths.reports / "holdout.parquet", index=False)
@@ -272,10 +289,13 @@ def evaluate(root: Path) -> str:
         mlflow.log_metrics({tracking.metric_name("holdout", k): v for k, v in metrics["model"].items()})
         mlflow.log_metrics({tracking.metric_name("baseline", k): v for k, v in metrics["baseline"].items()})
         for row in slices.to_dict(orient="records"):
-            mlflow.log_metrics({
-                tracking.metric_name("slice", row["slice"], str(row["value"]), m): row[m]
-                for m in ("nwrmsle", "wape", "bias") if pd.notna(row[m])
-            })
+            mlflow.log_metrics(
+                {
+                    tracking.metric_name("slice", row["slice"], str(row["value"]), m): row[m]
+                    for m in ("nwrmsle", "wape", "bias")
+                    if pd.notna(row[m])
+                }
+            )
         mlflow.log_artifacts(str(plot_dir), "plots")
         mlflow.log_artifacts(str(paths.model), "native_model")
         mlflow.log_artifact(str(paths.reports / "metrics.json"), "reports")
@@ -283,8 +303,10 @@ def evaluate(root: Path) -> str:
         if (paths.reports / "validation.json").exists():
             mlflow.log_artifact(str(paths.reports / "validation.json"), "reports")
     m, b = metrics["model"], metrics["baseline"]
-    return (f"NWRMSLE {m['nwrmsle']:.4f} (baseline {b['nwrmsle']:.4f}), WAPE {m['wape']:.3f}, "
-            f"R² {m['r2']:.3f}; {len(figures)} plots")
+    return (
+        f"NWRMSLE {m['nwrmsle']:.4f} (baseline {b['nwrmsle']:.4f}), WAPE {m['wape']:.3f}, "
+        f"R² {m['r2']:.3f}; {len(figures)} plots"
+    )
 
 
 def gate(root: Path) -> str:
@@ -303,13 +325,15 @@ def gate(root: Path) -> str:
     fs = feature_spec(paths)
     plan = Split.model_validate_json(paths.split.read_text())
     dataset = _dataset(paths)
-    data = series_data(paths.ingested / "sales.parquet", pd.read_parquet(paths.ingested / "holidays.parquet"), fs,
-                       plan.holdout_origin)
+    data = series_data(
+        paths.ingested / "sales.parquet", pd.read_parquet(paths.ingested / "holidays.parquet"), fs, plan.holdout_origin
+    )
     X, _ = load_part(paths, "holdout", fs.columns)
     holdout = pd.read_parquet(paths.reports / "holdout.parquet")
     metrics = json.loads((paths.reports / "metrics.json").read_text())
     rows = holdout[["date", *fs.series_keys]].merge(  # the holdout lies inside the bundle's history window
-        data.history[["date", *fs.series_keys, *fs.covariates]], on=["date", *fs.series_keys], how="left")
+        data.history[["date", *fs.series_keys, *fs.covariates]], on=["date", *fs.series_keys], how="left"
+    )
     holdout = pd.concat([holdout, rows[fs.covariates]], axis=1)
     serving = Scorer(Predictor.read(paths.model), data, plan.holdout_origin)
     serving_X = serving.features(serving.validate(holdout[["date", *fs.series_keys, *fs.covariates]]))
@@ -318,13 +342,19 @@ def gate(root: Path) -> str:
         gates.beats_baseline(metrics["model"]["nwrmsle"], metrics["baseline"]["nwrmsle"], p),
     ]
     champion = _rescored_champion(root, params, data, holdout, plan.holdout_origin)
-    checks.append(gates.not_worse_than_champion(
-        metrics["model"]["nwrmsle"], champion and champion[1], champion and champion[0], p))
+    checks.append(
+        gates.not_worse_than_champion(
+            metrics["model"]["nwrmsle"], champion and champion[1], champion and champion[0], p
+        )
+    )
     slices = dataset["spec"]["slices"]
     checks.append(gates.slice_degradation(holdout, slices, "baseline", "seasonal naive", p))
     if champion:
-        checks.append(gates.slice_degradation(holdout.assign(champion=champion[2]), slices, "champion",
-                                              f"champion v{champion[0]}", p))
+        checks.append(
+            gates.slice_degradation(
+                holdout.assign(champion=champion[2]), slices, "champion", f"champion v{champion[0]}", p
+            )
+        )
     # the ONNX file that will ship, scored now: evaluate's predictions may come from another file
     shipped = serving.predictor.predict_features(X)
     checks.append(gates.onnx_parity(load_model(paths.model).predict(X), shipped, p))
@@ -341,17 +371,28 @@ def gate(root: Path) -> str:
     if failed:
         raise gates.GateFailed(failed)
     lineage = tracking.lineage(root, tracking.stage_hashes(root).get("ingest:data/ingested", "")) | {
-        "run_id": run_id, "params": params.model_dump(mode="json"), "dataset": dataset["spec"]["name"]}
+        "run_id": run_id,
+        "params": params.model_dump(mode="json"),
+        "dataset": dataset["spec"]["name"],
+    }
     bundle_metrics = metrics | {"slices": json.loads((paths.reports / "slices.json").read_text())}
     train_X = reference_features(paths.features / "train.parquet", fs.columns)
-    write_bundle(root / "models" / "bundle", paths.model, data, train_X, holdout, plan.holdout_origin,
-                 bundle_metrics, lineage, input_schema(fs, key_types).to_json())
+    write_bundle(
+        root / "models" / "bundle",
+        paths.model,
+        data,
+        train_X,
+        holdout,
+        plan.holdout_origin,
+        bundle_metrics,
+        lineage,
+        input_schema(fs, key_types).to_json(),
+    )
     return f"{len(checks)} checks passed"
 
 
 def _rescored_champion(root: Path, params, data, holdout: pd.DataFrame, origin):
     """(version, NWRMSLE, predictions) of the current champion on this run's holdout, or None."""
-    from cd4ml.bundle import scorer
     from cd4ml.config import tracking_uri
     from cd4ml.metrics import nwrmsle
     from cd4ml.registry import CHAMPION, Registry, download_bundle
@@ -361,8 +402,9 @@ def _rescored_champion(root: Path, params, data, holdout: pd.DataFrame, origin):
     version = registry.alias(CHAMPION)
     if version is None:
         return None
-    bundle = download_bundle(f"models:/{params.registry.model_name}/{version}", tracking_uri(root),
-                             root / ".cd4ml" / "champion")
+    bundle = download_bundle(
+        f"models:/{params.registry.model_name}/{version}", tracking_uri(root), root / ".cd4ml" / "champion"
+    )
     champion = Scorer(Predictor.read(bundle), data, origin)
     predictions = champion.predict(holdout[["date", *champion.spec.series_keys, *champion.spec.covariates]])
     return version, nwrmsle(holdout["sales"], predictions, holdout["weight"]), predictions
@@ -387,10 +429,20 @@ def register(root: Path) -> str:
     version = registry.register(uri, run_id, tags)
     alias = CHALLENGER if registry.alias(CHAMPION) else CHAMPION
     registry.move(alias, version, "passed all gates in cd4ml run")
-    _json(root / "models" / "registered.json", {"name": params.registry.model_name, "version": version,
-                                                 "alias": alias, "model_uri": uri})
+    _json(
+        root / "models" / "registered.json",
+        {"name": params.registry.model_name, "version": version, "alias": alias, "model_uri": uri},
+    )
     return f"{params.registry.model_name} v{version} → {alias}"
 
 
-STAGES = {"ingest": ingest, "validate": validate, "split": split, "featurize": featurize,
-          "train": train, "evaluate": evaluate, "gate": gate, "register": register}
+STAGES = {
+    "ingest": ingest,
+    "validate": validate,
+    "split": split,
+    "featurize": featurize,
+    "train": train,
+    "evaluate": evaluate,
+    "gate": gate,
+    "register": register,
+}

@@ -1,13 +1,13 @@
 """The gateway's app factory: `create_app(settings)` builds an isolated, fully wired gateway."""
 
 import asyncio
-from datetime import date
 import secrets
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from cd4ml.serving.guards import Guard
 from cd4ml.serving.models import LoadedModel
 from cd4ml.serving.online import OnlineLearner, register_snapshot
 from cd4ml.serving.requests import AlertmanagerWebhook, FeedbackRequest, PredictResponse, request_models
-from cd4ml.serving.routing import CHAMPION_ARM, Routing, load_routing, save_routing
+from cd4ml.serving.routing import Routing, load_routing, save_routing
 from cd4ml.serving.settings import GatewaySettings
 from cd4ml.serving.telemetry import Telemetry
 
@@ -52,16 +52,23 @@ def _problem(model: LoadedModel, i: int, key: tuple, day) -> dict:
         unknown = [k for n, k in enumerate(spec.series_keys) if key[n] not in known.get_level_values(k)]
         fields = unknown or spec.series_keys
         named = ", ".join(f"{k}={v}" for k, v in zip(spec.series_keys, key, strict=True))
-        return {"loc": ["body", "rows", i, fields[0]], "type": "unknown_series",
-                "msg": f"unknown {'/'.join(fields)} ({named})"}
+        return {
+            "loc": ["body", "rows", i, fields[0]],
+            "type": "unknown_series",
+            "msg": f"unknown {'/'.join(fields)} ({named})",
+        }
     first = model.scorer.origin.toordinal() + spec.period_days
-    return {"loc": ["body", "rows", i, "date"], "type": "date_out_of_range",
-            "msg": f"{day} outside the servable range {type(day).fromordinal(first)}..{model.scorer.last_servable}"
-                   + (" (weekly data: dates fall on one weekday)" if spec.period_days > 1 else "")}
+    return {
+        "loc": ["body", "rows", i, "date"],
+        "type": "date_out_of_range",
+        "msg": f"{day} outside the servable range {type(day).fromordinal(first)}..{model.scorer.last_servable}"
+        + (" (weekly data: dates fall on one weekday)" if spec.period_days > 1 else ""),
+    }
 
 
-def score(model: LoadedModel, rows: list, explain: bool, top: int, learner: OnlineLearner | None = None
-          ) -> tuple[list[float], list | None]:
+def score(
+    model: LoadedModel, rows: list, explain: bool, top: int, learner: OnlineLearner | None = None
+) -> tuple[list[float], list | None]:
     """Predictions (and contributions) for validated rows; RequestValidationError names bad rows.
     An online arm's learner adds its learned correction."""
     spec, table = model.spec, model.table
@@ -83,8 +90,10 @@ def score(model: LoadedModel, rows: list, explain: bool, top: int, learner: Onli
 def learn_online(model: LoadedModel, learner: OnlineLearner, rows: list[dict], actual: list[float]) -> int:
     """Teach an online arm the log errors its base model made on rows whose actuals arrived."""
     spec = model.spec
-    found = [(model.table.row(tuple(r[k] for k in spec.series_keys), date.fromisoformat(r["date"])), r, a)
-             for r, a in zip(rows, actual, strict=True)]
+    found = [
+        (model.table.row(tuple(r[k] for k in spec.series_keys), date.fromisoformat(r["date"])), r, a)
+        for r, a in zip(rows, actual, strict=True)
+    ]
     found = [(p, r, a) for p, r, a in found if p is not None]
     if not found:
         return 0
@@ -115,11 +124,15 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
     routing_file = settings.resolved_routing_file()
     feedback_store = FeedbackStore(settings.resolved_feedback())
     keys: list[str] = []
-    arms = Arms(settings, load_routing(routing_file), make_handle,
-                actuals=lambda: feedback_store.actuals_frame(keys) if keys else None)
+    arms = Arms(
+        settings,
+        load_routing(routing_file),
+        make_handle,
+        actuals=lambda: feedback_store.actuals_frame(keys) if keys else None,
+    )
     champion = arms.champion.current
     keys.extend(champion.spec.series_keys)
-    Row, PredictRequest = request_models(champion.spec, _key_kinds(champion), settings.max_rows)
+    _, PredictRequest = request_models(champion.spec, _key_kinds(champion), settings.max_rows)
     served = ServedIndex(log_url=settings.resolved_log())
     state: dict = {}
     shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
@@ -128,8 +141,9 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        state["log"] = PredictionLogger.from_url(settings.resolved_log(), settings.log_queue_size,
-                                                 on_drop=telemetry.log_dropped.inc)
+        state["log"] = PredictionLogger.from_url(
+            settings.resolved_log(), settings.log_queue_size, on_drop=telemetry.log_dropped.inc
+        )
         state["feedback"] = feedback_store
         watcher = asyncio.create_task(watch_routing()) if settings.poll_seconds > 0 else None
         yield
@@ -161,32 +175,49 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
             await asyncio.sleep(settings.poll_seconds)
             await sync_routing()
 
-    app = FastAPI(title="cd4ml gateway", version="1", lifespan=lifespan, default_response_class=JSON,
-                  description="Sales forecasts from the registry, with release strategies, hot reload, "
-                              "feedback and a prediction log.")
+    app = FastAPI(
+        title="cd4ml gateway",
+        version="1",
+        lifespan=lifespan,
+        default_response_class=JSON,
+        description="Sales forecasts from the registry, with release strategies, hot reload, "
+        "feedback and a prediction log.",
+    )
     app.state.arms, app.state.telemetry, app.state.settings = arms, telemetry, settings
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request, exc: RequestValidationError):
         """422 naming each field and reason; the offending input is not echoed (it may be NaN)."""
-        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-                  for e in exc.errors()]
+        detail = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
+        ]
         return JSON({"detail": detail}, status_code=422)
 
     def require_admin(authorization: str | None = Header(None)) -> None:
         expected = settings.admin_token
         given = (authorization or "").removeprefix("Bearer ").strip()
         if not expected or not secrets.compare_digest(given.encode(), expected.encode()):
-            raise HTTPException(401, "admin endpoints need 'Authorization: Bearer <CD4ML_ADMIN_TOKEN>'",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401,
+                "admin endpoints need 'Authorization: Bearer <CD4ML_ADMIN_TOKEN>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     def log(request_id: str, arm: str, model: LoadedModel, rows, values, contributions, started: float) -> None:
-        state["log"].log({
-            "request_id": request_id, "ts": time.time(), "model_name": model.name, "model_version": model.version,
-            "arm": arm, "rows": [r.model_dump(mode="json") for _, r in rows], "predictions": values,
-            "contributions": contributions, "latency_ms": (time.perf_counter() - started) * 1000,
-            "origin": model.scorer.origin.isoformat(),
-        })
+        state["log"].log(
+            {
+                "request_id": request_id,
+                "ts": time.time(),
+                "model_name": model.name,
+                "model_version": model.version,
+                "arm": arm,
+                "rows": [r.model_dump(mode="json") for _, r in rows],
+                "predictions": values,
+                "contributions": contributions,
+                "latency_ms": (time.perf_counter() - started) * 1000,
+                "origin": model.scorer.origin.isoformat(),
+            }
+        )
 
     def shadow(request_id: str, arm: str, rows) -> None:
         started = time.perf_counter()
@@ -200,8 +231,11 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
             shadow_slots.release()
 
     @app.post("/predict", response_model=PredictResponse, responses={413: {"description": "body too large"}})
-    async def predict(request: PredictRequest, explain: bool = Query(False, description="add top feature contributions"),
-                      x_client_id: str | None = Header(None, description="sticky assignment key for canary/A-B")):
+    async def predict(
+        request: PredictRequest,
+        explain: bool = Query(False, description="add top feature contributions"),
+        x_client_id: str | None = Header(None, description="sticky assignment key for canary/A-B"),
+    ):
         started = time.perf_counter()
         rows = list(enumerate(request.rows))
         routing = arms.routing
@@ -210,11 +244,16 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
             groups: dict[str, list] = {}
             base = arms.champion.current
             for i, row in rows:
-                groups.setdefault(arms.segment_arm(base, tuple(getattr(row, k) for k in base.spec.series_keys)), []).append((i, row))
+                groups.setdefault(
+                    arms.segment_arm(base, tuple(getattr(row, k) for k in base.spec.series_keys)), []
+                ).append((i, row))
         else:
             first = rows[0][1]
-            sticky = x_client_id if (x_client_id and routing.sticky_by == "header") else "|".join(
-                str(getattr(first, k)) for k in arms.champion.current.spec.series_keys)
+            sticky = (
+                x_client_id
+                if (x_client_id and routing.sticky_by == "header")
+                else "|".join(str(getattr(first, k)) for k in arms.champion.current.spec.series_keys)
+            )
             groups = {arms.primary(sticky): rows}
         predictions: list[dict] = [{} for _ in rows]
         answered = []
@@ -226,7 +265,9 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
                 if contributions is not None:
                     predictions[i]["contributions"] = contributions[n]
             log(request_id, arm, model, members, values, contributions, started)
-            served.remember(request_id, Served(arm, model.version, values, [r.model_dump(mode="json") for _, r in members]))
+            served.remember(
+                request_id, Served(arm, model.version, values, [r.model_dump(mode="json") for _, r in members])
+            )
             telemetry.predictions.labels(arm, model.version).inc(len(values))
             answered.append((arm, model))
         for arm in arms.shadows(answered[0][0]):
@@ -235,21 +276,37 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
                 continue
             asyncio.get_running_loop().run_in_executor(shadow_pool, shadow, request_id, arm, rows)
         arm, model = answered[0]
-        return JSON({"request_id": request_id, "arm": arm,
-                               "model": {"name": model.name, "version": model.version}, "predictions": predictions})
+        return JSON(
+            {
+                "request_id": request_id,
+                "arm": arm,
+                "model": {"name": model.name, "version": model.version},
+                "predictions": predictions,
+            }
+        )
 
     @app.post("/feedback")
     async def feedback(body: FeedbackRequest):
         """Observed sales (`actual`) and/or a user reward in [0, 1] for a served request."""
         known = served.get(body.request_id)
         if known is None:
-            raise HTTPException(404, f"unknown request_id {body.request_id}: not served (or not yet logged: "
-                                     "the log is written within a second)")
+            raise HTTPException(
+                404,
+                f"unknown request_id {body.request_id}: not served (or not yet logged: "
+                "the log is written within a second)",
+            )
         recorded = []
         actual = body.actual if body.actual is None or isinstance(body.actual, list) else [body.actual]
         if actual is not None and len(actual) != len(known.predictions):
-            raise RequestValidationError([{"loc": ["body", "actual"], "type": "length",
-                                           "msg": f"expected {len(known.predictions)} actual(s), one per row"}])
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ["body", "actual"],
+                        "type": "length",
+                        "msg": f"expected {len(known.predictions)} actual(s), one per row",
+                    }
+                ]
+            )
         fresh = {kind: value for kind, value in (("actual", actual), ("reward", body.reward)) if value is not None}
         try:  # every kind in one insert: a duplicate reward must not let a new actual in (or back)
             state["feedback"].record_all(body.request_id, fresh, known)
@@ -269,8 +326,12 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
             if arms.routing.strategy == "bandit":
                 arms.bandit().reward(known.arm, body.reward)
         telemetry.feedback.labels(known.arm).inc()
-        return {"request_id": body.request_id, "arm": known.arm, "model_version": known.model_version,
-                "recorded": recorded}
+        return {
+            "request_id": body.request_id,
+            "arm": known.arm,
+            "model_version": known.model_version,
+            "recorded": recorded,
+        }
 
     @app.get("/health")
     async def health():
@@ -281,17 +342,28 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
         missing = [arm for arm, h in arms.handles.items() if h.current is None]
         if missing:
             return JSON({"ready": False, "missing": missing}, status_code=503)
-        return {"ready": True, "arms": arms.live(),
-                "last_reload_errors": {a: h.last_error for a, h in arms.handles.items() if h.last_error}}
+        return {
+            "ready": True,
+            "arms": arms.live(),
+            "last_reload_errors": {a: h.last_error for a, h in arms.handles.items() if h.last_error},
+        }
 
     @app.get("/version")
     async def version():
         handle = arms.champion
         model = handle.current
-        return {"name": model.name, "version": model.version, "uri": model.uri, "loaded_at": model.loaded_at,
-                "origin": model.scorer.origin.isoformat(), "servable_until": model.scorer.last_servable.isoformat(),
-                "reloads": handle.reloads, "last_reload_error": handle.last_error,
-                "strategy": arms.routing.strategy, "arms": arms.live()}
+        return {
+            "name": model.name,
+            "version": model.version,
+            "uri": model.uri,
+            "loaded_at": model.loaded_at,
+            "origin": model.scorer.origin.isoformat(),
+            "servable_until": model.scorer.last_servable.isoformat(),
+            "reloads": handle.reloads,
+            "last_reload_error": handle.last_error,
+            "strategy": arms.routing.strategy,
+            "arms": arms.live(),
+        }
 
     @app.get("/metrics")
     async def metrics():
@@ -305,9 +377,12 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
         """Re-read routing.yaml and the registry aliases now, and fold in new actuals."""
         await sync_routing()
         results = {arm: await run_in_threadpool(h.reload) for arm, h in arms.handles.items()}
-        return {"changed": any(c for c, _ in results.values()),
-                "message": "; ".join(f"{a}: {m}" for a, (_, m) in results.items()),
-                "live": arms.champion.describe(), "arms": arms.live()}
+        return {
+            "changed": any(c for c, _ in results.values()),
+            "message": "; ".join(f"{a}: {m}" for a, (_, m) in results.items()),
+            "live": arms.champion.describe(),
+            "arms": arms.live(),
+        }
 
     alert_lock = asyncio.Lock()
 
@@ -367,8 +442,10 @@ def app_from_env() -> FastAPI:
     """Factory for `uvicorn --factory` workers: settings come from CD4ML_* variables."""
     import os
 
-    return create_app(GatewaySettings.from_env(
-        workdir=Path(os.environ.get("CD4ML_WORKDIR", ".")),
-        model=os.environ.get("CD4ML_MODEL") or None,
-        model_name=os.environ.get("CD4ML_MODEL_NAME") or None,
-    ))
+    return create_app(
+        GatewaySettings.from_env(
+            workdir=Path(os.environ.get("CD4ML_WORKDIR", ".")),
+            model=os.environ.get("CD4ML_MODEL") or None,
+            model_name=os.environ.get("CD4ML_MODEL_NAME") or None,
+        )
+    )

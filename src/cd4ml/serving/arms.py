@@ -111,8 +111,11 @@ class Arms:
         return segment.arms.get(str(value), segment.default)
 
     def live(self) -> list[dict[str, str]]:
-        return [{"arm": arm, "name": h.current.name, "version": h.current.version}
-                for arm, h in self.handles.items() if h.current]
+        return [
+            {"arm": arm, "name": h.current.name, "version": h.current.version}
+            for arm, h in self.handles.items()
+            if h.current
+        ]
 
     def stop(self) -> None:
         for handle in self.handles.values():

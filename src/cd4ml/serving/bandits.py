@@ -44,7 +44,8 @@ class SQLiteBanditStore:
         g = self.discount
         self.db.execute(
             "INSERT INTO bandit VALUES (?, 1, ?) ON CONFLICT(arm) DO UPDATE SET n = n * ? + 1, s = s * ? + ?",
-            (arm, value, g, g, value))
+            (arm, value, g, g, value),
+        )
 
 
 class PostgresBanditStore:
@@ -55,7 +56,9 @@ class PostgresBanditStore:
         self.db = psycopg2.connect(url)
         self.db.autocommit = True
         with self.db.cursor() as cur:
-            cur.execute("CREATE TABLE IF NOT EXISTS bandit (arm TEXT PRIMARY KEY, n DOUBLE PRECISION, s DOUBLE PRECISION)")
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS bandit (arm TEXT PRIMARY KEY, n DOUBLE PRECISION, s DOUBLE PRECISION)"
+            )
 
     def stats(self, arms: list[str]) -> dict[str, tuple[float, float]]:
         with self.db.cursor() as cur:
@@ -68,7 +71,9 @@ class PostgresBanditStore:
         with self.db.cursor() as cur:
             cur.execute(
                 "INSERT INTO bandit VALUES (%s, 1, %s) ON CONFLICT (arm) DO UPDATE "
-                "SET n = bandit.n * %s + 1, s = bandit.s * %s + %s", (arm, value, g, g, value))
+                "SET n = bandit.n * %s + 1, s = bandit.s * %s + %s",
+                (arm, value, g, g, value),
+            )
 
 
 REDIS_REWARD = """

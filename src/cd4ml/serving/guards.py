@@ -50,8 +50,7 @@ class Guard:
 
     @staticmethod
     async def _reject(send) -> None:
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": TOO_LARGE})
 
 

@@ -60,13 +60,19 @@ def corrected_onnx(base: bytes, weights: np.ndarray, bias: float) -> bytes:
     base_name = f"{output.name}_base"
     for node in graph.node:
         node.output[:] = [base_name if o == output.name else o for o in node.output]
-    graph.initializer.extend([numpy_helper.from_array(weights.reshape(-1, 1), "online_weights"),
-                              numpy_helper.from_array(np.array([bias], dtype=np.float32), "online_bias")])
-    graph.node.extend([
-        helper.make_node("MatMul", [graph.input[0].name, "online_weights"], ["online_product"]),
-        helper.make_node("Add", ["online_product", "online_bias"], ["online_correction"]),
-        helper.make_node("Add", [base_name, "online_correction"], [output.name]),
-    ])
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(weights.reshape(-1, 1), "online_weights"),
+            numpy_helper.from_array(np.array([bias], dtype=np.float32), "online_bias"),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node("MatMul", [graph.input[0].name, "online_weights"], ["online_product"]),
+            helper.make_node("Add", ["online_product", "online_bias"], ["online_correction"]),
+            helper.make_node("Add", [base_name, "online_correction"], [output.name]),
+        ]
+    )
     onnx.checker.check_model(model)
     return model.SerializeToString()
 
@@ -106,6 +112,12 @@ def register_snapshot(settings, model, learner: OnlineLearner) -> str:
         mlflow.log_metrics({f"holdout.{k}": v for k, v in metrics.items()})
         run_id = run.info.run_id
     uri = log_bundle(run_id, bundle, signature(kinds, model.spec.covariates))
-    tags = {"online": "true", "base_version": model.version, "updates": str(learner.updates), "run_id": run_id,
-            "gate": "not gated (online snapshot)", **{f"holdout.{k}": f"{v:.4f}" for k, v in metrics.items()}}
+    tags = {
+        "online": "true",
+        "base_version": model.version,
+        "updates": str(learner.updates),
+        "run_id": run_id,
+        "gate": "not gated (online snapshot)",
+        **{f"holdout.{k}": f"{v:.4f}" for k, v in metrics.items()},
+    }
     return Registry(settings.resolved_tracking_uri(), model.name).register(uri, run_id, tags)

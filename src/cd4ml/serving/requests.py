@@ -10,19 +10,25 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from cd4ml.features import FeatureSpec
 
 # bounded so a value stays finite as the float32 the model reads
-Covariate = Annotated[float, Field(allow_inf_nan=False, ge=-1e30, le=1e30, description="known ahead, e.g. on promotion")]
+Covariate = Annotated[
+    float, Field(allow_inf_nan=False, ge=-1e30, le=1e30, description="known ahead, e.g. on promotion")
+]
 
 
-def request_models(spec: FeatureSpec, key_kinds: dict[str, type], max_rows: int) -> tuple[type[BaseModel], type[BaseModel]]:
+def request_models(
+    spec: FeatureSpec, key_kinds: dict[str, type], max_rows: int
+) -> tuple[type[BaseModel], type[BaseModel]]:
     """(Row, PredictRequest) models: series keys, date and covariates are required; nothing else."""
     # strict: a key is never coerced (lax mode would read `true` as store 1 and "1" as 1)
-    fields: dict[str, Any] = {k: (key_kinds[k], Field(..., strict=True, description="series key"))
-                              for k in spec.series_keys}
+    fields: dict[str, Any] = {
+        k: (key_kinds[k], Field(..., strict=True, description="series key")) for k in spec.series_keys
+    }
     fields["date"] = (date, Field(..., description="the day to forecast, YYYY-MM-DD"))
     fields |= {c: (Covariate, ...) for c in spec.covariates}
     row = create_model("Row", __config__=ConfigDict(extra="forbid"), **fields)
     request = create_model(
-        "PredictRequest", __config__=ConfigDict(extra="forbid"),
+        "PredictRequest",
+        __config__=ConfigDict(extra="forbid"),
         rows=(Annotated[list[row], Field(min_length=1, max_length=max_rows)], ...),
     )
     return row, request
@@ -65,7 +71,7 @@ class FeedbackRequest(BaseModel):
     reward: float | None = Field(None, ge=0, le=1, description="user action on the forecast, e.g. 1 = order placed")
 
     @model_validator(mode="after")
-    def _something(self) -> "FeedbackRequest":
+    def _something(self) -> FeedbackRequest:
         if self.actual is None and self.reward is None:
             raise ValueError("give an actual, a reward, or both")
         return self

@@ -26,6 +26,15 @@ def serve(host: str, port: int, workers: int, env: dict[str, str]) -> None:
     import uvicorn
 
     os.environ.update(env)
-    uvicorn.run("cd4ml.serving.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                http=NoDelayHttpToolsProtocol, loop="uvloop", access_log=False, log_level="info",
-                timeout_graceful_shutdown=30)
+    uvicorn.run(
+        "cd4ml.serving.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        http=NoDelayHttpToolsProtocol,
+        loop="uvloop",
+        access_log=False,
+        log_level="info",
+        timeout_graceful_shutdown=30,
+    )

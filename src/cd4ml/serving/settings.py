@@ -35,7 +35,9 @@ class GatewaySettings(BaseModel):
         }
         if "CD4ML_POLL_SECONDS" in os.environ:
             env["poll_seconds"] = float(os.environ["CD4ML_POLL_SECONDS"])
-        return cls(**{k: v for k, v in env.items() if v is not None} | {k: v for k, v in overrides.items() if v is not None})
+        return cls(
+            **{k: v for k, v in env.items() if v is not None} | {k: v for k, v in overrides.items() if v is not None}
+        )
 
     def resolved_tracking_uri(self) -> str:
         from cd4ml.config import tracking_uri

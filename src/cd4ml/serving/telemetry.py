@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-KNOWN_PATHS = {"/predict", "/feedback", "/health", "/ready", "/version", "/metrics", "/", "/admin/reload",
-               "/admin/routing", "/api/catalog"}
+KNOWN_PATHS = {
+    "/predict",
+    "/feedback",
+    "/health",
+    "/ready",
+    "/version",
+    "/metrics",
+    "/",
+    "/admin/reload",
+    "/admin/routing",
+    "/api/catalog",
+}
 
 
 class Telemetry:
@@ -13,20 +23,35 @@ class Telemetry:
         self.registry = CollectorRegistry()
         self.requests = Counter("cd4ml_requests", "HTTP requests", ["path", "status"], registry=self.registry)
         self.latency = Histogram(
-            "cd4ml_request_seconds", "request latency", ["path"], registry=self.registry,
+            "cd4ml_request_seconds",
+            "request latency",
+            ["path"],
+            registry=self.registry,
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
-        self.errors = Counter("cd4ml_errors", "responses with status >= 400", ["path", "status"], registry=self.registry)
-        self.predictions = Counter("cd4ml_predictions", "rows predicted", ["arm", "model_version"], registry=self.registry)
-        self.model_info = Gauge("cd4ml_model_info", "live model per arm (value 1)", ["arm", "name", "version"],
-                                registry=self.registry)
+        self.errors = Counter(
+            "cd4ml_errors", "responses with status >= 400", ["path", "status"], registry=self.registry
+        )
+        self.predictions = Counter(
+            "cd4ml_predictions", "rows predicted", ["arm", "model_version"], registry=self.registry
+        )
+        self.model_info = Gauge(
+            "cd4ml_model_info", "live model per arm (value 1)", ["arm", "name", "version"], registry=self.registry
+        )
         self.feedback = Counter("cd4ml_feedback", "feedback received", ["arm"], registry=self.registry)
-        self.shadow_failures = Counter("cd4ml_shadow_failures", "shadow predictions that failed", registry=self.registry)
-        self.routing_errors = Counter("cd4ml_routing_errors", "routing changes that could not be applied",
-                                      registry=self.registry)
-        self.shadow_skipped = Counter("cd4ml_shadow_skipped", "shadow calls skipped: queue full", registry=self.registry)
+        self.shadow_failures = Counter(
+            "cd4ml_shadow_failures", "shadow predictions that failed", registry=self.registry
+        )
+        self.routing_errors = Counter(
+            "cd4ml_routing_errors", "routing changes that could not be applied", registry=self.registry
+        )
+        self.shadow_skipped = Counter(
+            "cd4ml_shadow_skipped", "shadow calls skipped: queue full", registry=self.registry
+        )
         self.swaps = Gauge("cd4ml_model_swaps", "model versions loaded since start", registry=self.registry)
-        self.load_failures = Gauge("cd4ml_model_load_failures", "failed model loads since start", registry=self.registry)
+        self.load_failures = Gauge(
+            "cd4ml_model_load_failures", "failed model loads since start", registry=self.registry
+        )
         self.log_depth = Gauge("cd4ml_log_queue_depth", "prediction records waiting", registry=self.registry)
         self.log_dropped = Counter("cd4ml_log_dropped", "prediction records dropped", registry=self.registry)
 

@@ -9,7 +9,6 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
 
-
 def catalog(arms) -> dict:
     """For each series key, its values with a readable label built from the attributes that
     depend on that key alone (an item's family and class, a store's city and type)."""
@@ -21,15 +20,22 @@ def catalog(arms) -> dict:
     for key in keys:
         own = [a for a in attributes if series.groupby(key)[a].nunique().max() == 1]
         values = series[[key, *own]].drop_duplicates(key).sort_values(key)
-        options = [{"value": _plain(row[key]), "label": " · ".join([*(_shown(a, row[a]) for a in own), f"{key} {row[key]}"])}
-                   for _, row in values.iterrows()]
+        options = [
+            {"value": _plain(row[key]), "label": " · ".join([*(_shown(a, row[a]) for a in own), f"{key} {row[key]}"])}
+            for _, row in values.iterrows()
+        ]
         fields.append({"name": key, "options": options})
     pairs = series[keys].astype(str).agg("|".join, axis=1).tolist()
     first = pd.Timestamp(model.scorer.origin) + pd.Timedelta(days=model.spec.period_days)
     return {
-        "keys": fields, "series": pairs, "covariates": model.spec.covariates,
-        "dates": {"min": first.date().isoformat(), "max": model.scorer.last_servable.isoformat(),
-                  "step_days": model.spec.period_days},
+        "keys": fields,
+        "series": pairs,
+        "covariates": model.spec.covariates,
+        "dates": {
+            "min": first.date().isoformat(),
+            "max": model.scorer.last_servable.isoformat(),
+            "step_days": model.spec.period_days,
+        },
         "live": arms.live(),
         "strategy": arms.routing.strategy,
     }
