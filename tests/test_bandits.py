@@ -15,6 +15,7 @@ import httpx
 import pytest
 from conftest import GatewayProcess
 
+from cd4ml.routing import Routing, save_routing
 from cd4ml.serving.bandits import (
     DISCOUNT,
     PostgresBanditStore,
@@ -23,7 +24,6 @@ from cd4ml.serving.bandits import (
     choose,
     open_store,
 )
-from cd4ml.serving.routing import Routing, save_routing
 
 REDIS_URL = os.environ.get("CD4ML_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 POSTGRES_URL = os.environ.get("CD4ML_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

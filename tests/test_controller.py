@@ -19,7 +19,7 @@ from cd4ml.monitoring.controller import (
     decide,
 )
 from cd4ml.monitoring.monitor import MonitorPolicy, Summary
-from cd4ml.serving.routing import Routing
+from cd4ml.routing import Routing
 
 POLICY = Policy(
     monitor=MonitorPolicy(max_quality_decay=0.2),

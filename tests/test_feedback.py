@@ -79,7 +79,7 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live(released_workdir: Callable[[str], Path], start_gateway: Callable[..., GatewayProcess]) -> Iterator[Live]:
-    from cd4ml.serving.routing import Routing, save_routing
+    from cd4ml.routing import Routing, save_routing
 
     workdir = released_workdir("feedback")
     save_routing(workdir / "routing.yaml", Routing(strategy="canary", arms=ARMS, share=0.5))

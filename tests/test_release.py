@@ -15,7 +15,7 @@ from conftest import GatewayProcess
 
 from cd4ml.config import tracking_uri
 from cd4ml.registry import Registry
-from cd4ml.serving.routing import Routing, load_routing, save_routing
+from cd4ml.routing import Routing, load_routing, save_routing
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("release")]
 

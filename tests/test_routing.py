@@ -24,10 +24,10 @@ from conftest import GatewayProcess
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
+from cd4ml.routing import Routing, bucket, load_routing, save_routing, sticky_choice
 from cd4ml.serving.app import create_app
 from cd4ml.serving.arms import Arms, registry_handle
 from cd4ml.serving.models import ModelHandle
-from cd4ml.serving.routing import Routing, bucket, load_routing, save_routing, sticky_choice
 from cd4ml.serving.settings import GatewaySettings
 
 POLL = 0.5

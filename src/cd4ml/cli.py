@@ -338,7 +338,7 @@ def serve(
 def release_show(workdir: Path = WORKDIR) -> None:
     """Show the routing running gateways follow."""
     from cd4ml.release import describe, routing_path
-    from cd4ml.serving.routing import load_routing
+    from cd4ml.routing import load_routing
 
     console.print(describe(load_routing(routing_path(workdir.resolve()))), markup=False)
 
@@ -359,7 +359,7 @@ def release_set(
     from pydantic import ValidationError
 
     from cd4ml.release import change_routing, routing_path, unknown_arms
-    from cd4ml.serving.routing import Routing, load_routing
+    from cd4ml.routing import Routing, load_routing
 
     def pairs(option: str, values: list[str]) -> dict[str, str]:
         wrong = [v for v in values if "=" not in v]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cd4ml.registry import AliasMove, Registry
-from cd4ml.serving.routing import CHAMPION_ARM, Routing, load_routing, save_routing
+from cd4ml.routing import CHAMPION_ARM, Routing, load_routing, save_routing
 
 
 def routing_path(workdir: Path) -> Path:

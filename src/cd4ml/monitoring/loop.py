@@ -13,7 +13,7 @@ from cd4ml.monitoring.feedback import FeedbackStore
 from cd4ml.monitoring.monitor import Summary, read_log
 from cd4ml.registry import CHALLENGER, CHAMPION, Registry, previous_champion, resolve_bundle
 from cd4ml.release import change_routing, promote, routing_path
-from cd4ml.serving.routing import Routing, load_routing
+from cd4ml.routing import Routing, load_routing
 
 
 @dataclass

@@ -20,12 +20,12 @@ from pydantic import ValidationError
 
 from cd4ml.monitoring.feedback import DuplicateFeedback, FeedbackStore, Served, ServedIndex
 from cd4ml.monitoring.predictionlog import PredictionLogger
+from cd4ml.routing import Routing, load_routing, save_routing
 from cd4ml.serving.arms import Arms, registry_handle
 from cd4ml.serving.guards import Guard
 from cd4ml.serving.models import LoadedModel
 from cd4ml.serving.online import OnlineLearner, register_snapshot
 from cd4ml.serving.requests import AlertmanagerWebhook, FeedbackRequest, PredictResponse, request_models
-from cd4ml.serving.routing import Routing, load_routing, save_routing
 from cd4ml.serving.settings import GatewaySettings
 from cd4ml.serving.telemetry import Telemetry
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import random
 import threading
 
+from cd4ml.routing import CHAMPION_ARM, ONLINE_ARM, Routing, sticky_choice
 from cd4ml.serving.bandits import BanditStore, choose, open_store
 from cd4ml.serving.models import LoadedModel, ModelHandle
 from cd4ml.serving.online import OnlineLearner
-from cd4ml.serving.routing import CHAMPION_ARM, ONLINE_ARM, Routing, sticky_choice
 from cd4ml.serving.settings import GatewaySettings
 
 
