@@ -172,15 +172,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.skipif(
-    not (PROMETHEUS and ALERTMANAGER),
-    reason="needs Debian's prometheus and prometheus-alertmanager packages",
-)
 def test_prometheus_and_alertmanager_roll_back_through_the_webhook(
-    released_workdir, start_gateway, tmp_path: Path
+    released_workdir, start_gateway, require_service, tmp_path: Path
 ) -> None:
     """A monitor breach on the gateway's /metrics fires a rule; Alertmanager posts it, with
     the bearer token, to /admin/alerts; the champion goes back to v1 once."""
+
+    def installed() -> None:
+        if not (PROMETHEUS and ALERTMANAGER):
+            raise FileNotFoundError("Debian's prometheus and prometheus-alertmanager (make test installs them)")
+
+    require_service("prometheus + alertmanager", installed)
     workdir: Path = released_workdir("alerts-real")
     registry = Registry(tracking_uri(workdir), "sales-forecaster")
     registry.promote("2", "release under test")
