@@ -1,10 +1,10 @@
 """The gateway's app factory: `create_app(settings)` builds an isolated, fully wired gateway."""
 
 import asyncio
+import os
 import secrets
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import date
@@ -64,6 +64,11 @@ def _problem(model: LoadedModel, i: int, key: tuple, day) -> dict:
         "msg": f"{day} outside the servable range {type(day).fromordinal(first)}..{model.scorer.last_servable}"
         + (" (weekly data: dates fall on one weekday)" if spec.period_days > 1 else ""),
     }
+
+
+def dump(rows: list) -> list[dict]:
+    """(index, row) pairs as the JSON the log and the feedback index keep."""
+    return [r.model_dump(mode="json") for _, r in rows]
 
 
 def score(
@@ -203,7 +208,9 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    def log(request_id: str, arm: str, model: LoadedModel, rows, values, contributions, started: float) -> None:
+    def log(
+        request_id: str, arm: str, model: LoadedModel, dumped: list[dict], values, contributions, started: float
+    ) -> None:
         state["log"].log(
             {
                 "request_id": request_id,
@@ -211,7 +218,7 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
                 "model_name": model.name,
                 "model_version": model.version,
                 "arm": arm,
-                "rows": [r.model_dump(mode="json") for _, r in rows],
+                "rows": dumped,
                 "predictions": values,
                 "contributions": contributions,
                 "latency_ms": (time.perf_counter() - started) * 1000,
@@ -224,7 +231,7 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
         try:
             model = arms.handles[arm].current
             values, _ = score(model, rows, False, settings.top_contributions)
-            log(request_id, f"shadow:{arm}", model, rows, values, None, started)
+            log(request_id, f"shadow:{arm}", model, dump(rows), values, None, started)
         except Exception:  # a shadow never affects the response, but its failures are counted
             telemetry.shadow_failures.inc()
         finally:
@@ -239,7 +246,7 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
         started = time.perf_counter()
         rows = list(enumerate(request.rows))
         routing = arms.routing
-        request_id = uuid.uuid4().hex
+        request_id = os.urandom(16).hex()  # as unique as uuid4, without its object on the hot path
         if routing.strategy == "multiple":
             groups: dict[str, list] = {}
             base = arms.champion.current
@@ -264,10 +271,9 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> FastAP
                 predictions[i] = {"prediction": values[n], "arm": arm, "version": model.version}
                 if contributions is not None:
                     predictions[i]["contributions"] = contributions[n]
-            log(request_id, arm, model, members, values, contributions, started)
-            served.remember(
-                request_id, Served(arm, model.version, values, [r.model_dump(mode="json") for _, r in members])
-            )
+            dumped = dump(members)  # once: the log and the feedback index share it
+            log(request_id, arm, model, dumped, values, contributions, started)
+            served.remember(request_id, Served(arm, model.version, values, dumped))
             telemetry.predictions.labels(arm, model.version).inc(len(values))
             answered.append((arm, model))
         for arm in arms.shadows(answered[0][0]):
