@@ -10,6 +10,7 @@ import json
 import math
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from cd4ml.serving.app import create_app
+from cd4ml.serving.fastpath import FastPredict
 from cd4ml.serving.settings import GatewaySettings
 
 MAX_ROWS = 100
@@ -261,3 +263,71 @@ def test_served_predictions_equal_batch_predictions(
         {"store_nbr": r["store_nbr"], "item_nbr": r["item_nbr"]} for r in rows
     ]
     assert batch["prediction"].tolist() == served
+
+
+# ------------------------------------------------------- the /predict fast path
+
+
+def test_fast_path_and_route_answer_alike(gateway: Gateway) -> None:
+    """What the ASGI fast path answers (plain JSON, explain=true) equals what FastAPI's route
+    answers for the same rows (reached with `explain=1` and a charset in the content type)."""
+    rows = [gateway.row(n, day=n % 16, promo=n % 2) for n in range(0, 40, 4)]
+    fast = gateway.predict(rows, explain="true")
+    routed = gateway.client.post(
+        "/predict",
+        params={"explain": "1"},
+        content=json.dumps({"rows": rows}),
+        headers={"content-type": "application/json; charset=utf-8"},
+    )
+    assert routed.status_code == 200, routed.text
+    routed = routed.json()
+    assert fast["request_id"] != routed["request_id"]
+    assert {k: v for k, v in fast.items() if k != "request_id"} == {
+        k: v for k, v in routed.items() if k != "request_id"
+    }
+
+
+def test_fast_path_answers_well_formed_requests_and_passes_on_the_rest(gateway: Gateway) -> None:
+    """The fast path answers a well-formed request itself; anything else reaches the app behind
+    it (FastAPI's route, in the gateway) with the body intact."""
+    fast_path = gateway.client.app.front.app  # Guard → FastPredict → FastAPI
+    passed_on: list[tuple[str, str, bytes]] = []
+
+    async def behind(scope, receive, send) -> None:
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        passed_on.append((scope["method"], scope["query_string"].decode(), body))
+        await send({"type": "http.response.start", "status": 299, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    client = TestClient(FastPredict(behind, fast_path.predictions, fast_path.request_model))
+    good = json.dumps({"rows": [gateway.row(1, day=2)]}).encode()
+    unknown = json.dumps({"rows": [gateway.row() | {"store_nbr": 9999}]}).encode()
+    for query in ("", "?explain=true", "?explain=false"):
+        answer = client.post(f"/predict{query}", content=good, headers={"content-type": "application/json"})
+        assert answer.status_code == 200 and len(answer.json()["predictions"]) == 1
+        assert ("contributions" in answer.json()["predictions"][0]) is (query == "?explain=true")
+    assert passed_on == []
+    client.post("/predict?explain=1", content=good, headers={"content-type": "application/json"})
+    client.post("/predict", content=good, headers={"content-type": "text/plain"})
+    client.post("/predict", content=unknown, headers={"content-type": "application/json"})
+    client.post("/predict", content=b"{not json", headers={"content-type": "application/json"})
+    client.get("/predict")
+    assert passed_on == [
+        ("POST", "explain=1", good),
+        ("POST", "", good),
+        ("POST", "", unknown),
+        ("POST", "", b"{not json"),
+        ("GET", "", b""),
+    ]
+
+
+def test_request_ids_sort_by_time(gateway: Gateway) -> None:
+    """Time-ordered ids keep the prediction log's request-id index appending at its end."""
+    ids = []
+    for _ in range(3):
+        ids.append(gateway.predict([gateway.row()])["request_id"])
+        time.sleep(0.003)
+    assert ids == sorted(ids) and len(set(ids)) == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 
 from cd4ml.routing import CHAMPION_ARM, ONLINE_ARM, Routing, sticky_choice
 from cd4ml.serving.bandits import BanditStore, choose, open_store
@@ -89,11 +90,12 @@ class Arms:
             self._bandit = open_store(url)
         return self._bandit
 
-    def primary(self, sticky_key: str) -> str:
-        """The arm that answers a request (multiple routes per row instead)."""
+    def primary(self, sticky_key: Callable[[], str]) -> str:
+        """The arm that answers a request (multiple routes per row instead); `sticky_key` gives
+        the request's assignment key, asked only by strategies that split traffic by it."""
         routing = self.routing
         if routing.strategy in {"canary", "ab", "online"}:
-            return sticky_choice(routing, sticky_key)
+            return sticky_choice(routing, sticky_key())
         if routing.strategy == "bandit":
             arms = list(routing.arms)
             return choose(routing.bandit.policy, self.bandit().stats(arms), routing.bandit.epsilon, self.rng)

@@ -1,5 +1,5 @@
-"""ASGI middleware: body size limit (413) and request metrics, without Starlette's slower
-BaseHTTPMiddleware on the hot path."""
+"""The gateway's outermost ASGI layer: body size limit (413) and request metrics for every
+request, without Starlette's slower BaseHTTPMiddleware."""
 
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ class Guard:
         except BodyTooLarge:
             await self._reject(send)
             status["code"] = 413
-        self.telemetry.observe(scope["path"], status["code"], time.perf_counter() - started)
+        finally:  # an error that escapes the app is counted as the 500 the server answers
+            self.telemetry.observe(scope["path"], status["code"], time.perf_counter() - started)
 
     @staticmethod
     async def _reject(send) -> None:
