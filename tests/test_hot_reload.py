@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -170,12 +171,42 @@ def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(served: Serve
     assert served.version()["last_reload_error"] is None
 
 
+def test_a_version_taking_other_request_fields_is_refused(served: Served) -> None:
+    """The request schema is built at start-up: a version whose rows carry another covariate
+    would be fed the wrong fields, so it is refused (restart to serve it) and the old one serves."""
+    live = served.version()["version"]
+    renamed = register_bundle(served, "renamed", rename_covariate)
+    served.registry.promote(renamed, "a model with a renamed covariate")
+    served.wait_for(lambda: served.version()["last_reload_error"] is not None, what="refusing the new fields")
+    version = served.version()
+    assert version["version"] == live
+    assert "promo: float" in version["last_reload_error"] and "restart the gateway" in version["last_reload_error"]
+    answer = served.client.post("/predict", json={"rows": served.rows})
+    assert answer.status_code == 200 and answer.json()["model"]["version"] == live
+
+    served.registry.promote(live, "back to the live version")
+    served.wait_for(lambda: served.version()["last_reload_error"] is None, what="clearing the refusal")
+
+
+def rename_covariate(bundle: Path) -> None:
+    """onpromotion → promo in the bundle's feature spec and history: a valid model with other fields."""
+    spec = bundle / "feature_spec.json"
+    spec.write_text(spec.read_text().replace('"onpromotion"', '"promo"'))
+    history = pd.read_parquet(bundle / "history.parquet")
+    history.rename(columns={"onpromotion": "promo"}).to_parquet(bundle / "history.parquet")
+
+
 def register_broken_bundle(served: Served) -> str:
-    """A new version whose bundle lacks model.onnx, logged under the work directory's copy."""
-    bundle = served.workdir / "broken-bundle" / "bundle"  # logged under its folder's name
+    """A new version whose bundle lacks model.onnx."""
+    return register_bundle(served, "broken", lambda bundle: (bundle / "model.onnx").unlink())
+
+
+def register_bundle(served: Served, name: str, change: Callable[[Path], object]) -> str:
+    """A new version: the champion's bundle changed by `change`, logged under the work directory."""
+    bundle = served.workdir / f"{name}-bundle" / "bundle"  # logged under its folder's name
     shutil.copytree(served.workdir / "models" / "bundle", bundle)
-    (bundle / "model.onnx").unlink()
+    change(bundle)
     client = served.registry.client
-    experiment = client.create_experiment("broken", artifact_location=(served.workdir / "broken").as_uri())
+    experiment = client.create_experiment(name, artifact_location=(served.workdir / name).as_uri())
     run_id = client.create_run(experiment).info.run_id
     return served.registry.register(log_bundle(run_id, bundle, None), run_id, {"gate": "passed"})

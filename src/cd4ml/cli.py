@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import date
 from pathlib import Path
@@ -32,6 +33,16 @@ WORKDIR = typer.Option(Path("."), "--workdir", "-w", help="Folder holding dvc.ya
 def fail(message: str, code: int) -> None:
     errors.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
+
+
+def gateway_settings(workdir: Path):
+    """The gateway's settings for a work directory, from CD4ML_* variables; a bad one exits 2."""
+    from cd4ml.serving.settings import GatewaySettings
+
+    try:
+        return GatewaySettings.from_env(workdir=workdir.resolve())
+    except ValueError as exc:
+        fail(str(exc), 2)
 
 
 @app.command()
@@ -321,17 +332,33 @@ def serve(
     model: str | None = typer.Option(
         None, "--model", "-m", help="Serve this bundle/URI instead of following the alias."
     ),
-    poll: float = typer.Option(5.0, help="Seconds between registry alias checks (0: never)."),
+    poll: float | None = typer.Option(None, help="Seconds between registry alias checks, 0: never (default 5)."),
     prediction_log: str | None = typer.Option(None, help="sqlite:///path | postgresql://... | fluent://host:port/tag"),
+    max_rows: int | None = typer.Option(None, help="Rows one request may carry (default 10000)."),
+    max_body_bytes: int | None = typer.Option(None, help="Largest request body; larger ones get 413 (default 4 MiB)."),
+    log_queue_size: int | None = typer.Option(
+        None, help="Prediction records waiting to be written; beyond it they are dropped and counted (default 10000)."
+    ),
 ) -> None:
-    """Serve the registry's champion: /predict, the Sales forecast page on /, /metrics, hot reload."""
+    """Serve the registry's champion: /predict, the Sales forecast page on /, /metrics, hot reload.
+
+    Every setting can also come from a CD4ML_<NAME> variable (CD4ML_MAX_ROWS, CD4ML_ADMIN_TOKEN, …)."""
     from cd4ml.serving.server import serve as run_server
 
-    env = {"CD4ML_WORKDIR": str(workdir.resolve()), "CD4ML_MODEL": model or "", "CD4ML_POLL_SECONDS": str(poll)}
-    if prediction_log:
-        env["CD4ML_PREDICTION_LOG"] = prediction_log
+    flags = {
+        "model": model,
+        "poll_seconds": poll,
+        "prediction_log": prediction_log,
+        "max_rows": max_rows,
+        "max_body_bytes": max_body_bytes,
+        "log_queue_size": log_queue_size,
+    }
+    env = {"CD4ML_WORKDIR": str(workdir.resolve())}
+    env |= {f"CD4ML_{name.upper()}": str(value) for name, value in flags.items() if value is not None}
+    os.environ.update(env)  # the workers read their settings from here; check them before starting
+    gateway_settings(workdir)
     console.print(f"cd4ml gateway on [bold]http://{host}:{port}[/] (docs: /docs, metrics: /metrics)")
-    run_server(host, port, workers, env)
+    run_server(host, port, workers)
 
 
 @release_app.command("show")
@@ -408,9 +435,8 @@ def ab_report(
     """Per-arm sample sizes, errors with 95% intervals, a significance test and a verdict."""
     from cd4ml.monitoring.abtest import report
     from cd4ml.monitoring.feedback import FeedbackStore
-    from cd4ml.serving.settings import GatewaySettings
 
-    settings = GatewaySettings.from_env(workdir=workdir.resolve())
+    settings = gateway_settings(workdir)
     decision = report(FeedbackStore(settings.resolved_feedback()).all(), min_rows)
     table = Table(title="A/B report")
     for column in ("arm", "requests", "rows with actuals", "RMSLE", "mean sq. log error (95% CI)", "mean reward"):
@@ -441,9 +467,8 @@ def actuals(
 
     from cd4ml.monitoring.actuals import ingest_actuals
     from cd4ml.monitoring.feedback import FeedbackStore
-    from cd4ml.serving.settings import GatewaySettings
 
-    settings = GatewaySettings.from_env(workdir=workdir.resolve())
+    settings = gateway_settings(workdir)
     spec_file = workdir.resolve() / "data" / "features" / "feature_spec.json"
     keys = json.loads(spec_file.read_text())["series_keys"] if spec_file.exists() else ["store_nbr", "item_nbr"]
     log = settings.resolved_log()
@@ -463,9 +488,8 @@ POLICY = typer.Option(None, "--policy", help="Policy YAML (monitor: and controll
 
 def _workspace(workdir: Path, gateway: str | None):
     from cd4ml.monitoring.loop import Workspace
-    from cd4ml.serving.settings import GatewaySettings
 
-    settings = GatewaySettings.from_env(workdir=workdir.resolve())
+    settings = gateway_settings(workdir)
     return Workspace(
         workdir.resolve(), settings.resolved_log(), settings.resolved_feedback(), gateway, settings.admin_token
     )

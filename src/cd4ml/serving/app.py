@@ -4,7 +4,6 @@ import asyncio
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import orjson
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
@@ -20,7 +19,7 @@ from cd4ml.serving.arms import Arms, registry_handle
 from cd4ml.serving.fastpath import FastPredict
 from cd4ml.serving.guards import Guard
 from cd4ml.serving.online import register_snapshot
-from cd4ml.serving.predicting import Predictions, key_kinds, learn_online
+from cd4ml.serving.predicting import Predictions, learn_online
 from cd4ml.serving.requests import AlertmanagerWebhook, FeedbackRequest, PredictResponse, request_models
 from cd4ml.serving.settings import GatewaySettings
 from cd4ml.serving.telemetry import Telemetry
@@ -63,7 +62,7 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> Gatewa
     )
     champion = arms.champion.current
     keys.extend(champion.spec.series_keys)
-    _, PredictRequest = request_models(champion.spec, key_kinds(champion), settings.max_rows)
+    _, PredictRequest = request_models(champion.spec, champion.key_kinds(), settings.max_rows)
     served = ServedIndex(log_url=settings.resolved_log())
     predictions = Predictions(arms, settings, telemetry, served)
     snapshots = ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-snapshot")
@@ -296,12 +295,4 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> Gatewa
 
 def app_from_env() -> Gateway:
     """Factory for `uvicorn --factory` workers: settings come from CD4ML_* variables."""
-    import os
-
-    return create_app(
-        GatewaySettings.from_env(
-            workdir=Path(os.environ.get("CD4ML_WORKDIR", ".")),
-            model=os.environ.get("CD4ML_MODEL") or None,
-            model_name=os.environ.get("CD4ML_MODEL_NAME") or None,
-        )
-    )
+    return create_app(GatewaySettings.from_env())

@@ -50,6 +50,7 @@ class Arms:
         self.learners: dict[str, OnlineLearner] = {}
         self.routing = routing
         self.routing_error: str | None = None
+        self.fields: str | None = None  # request fields every arm's model must take
         self.apply(routing)
 
     def apply(self, routing: Routing) -> dict[str, str]:
@@ -60,12 +61,14 @@ class Arms:
                 handle = self.handles.get(arm)
                 if handle is None or handle.target != target:
                     handle = self.make_handle(self.settings, target)
-                    handle.target = target
+                    handle.target, handle.fields = target, self.fields
                     if self.actuals:
                         handle.follow_actuals(self.actuals)
                     handle.reload()
                     if handle.current is None:
                         raise ValueError(f"arm '{arm}' ({target}) cannot be loaded: {handle.last_error}")
+                    if self.fields is None:  # the first model loaded fixes the request schema
+                        self.fields = handle.fields = handle.current.request_fields
                 fresh[arm] = handle
             for arm, handle in self.handles.items():
                 if fresh.get(arm) is not handle:

@@ -36,6 +36,19 @@ class LoadedModel:
     def spec(self):
         return self.scorer.spec
 
+    def key_kinds(self) -> dict[str, type]:
+        """int or str per series key, as the model's series attributes store them."""
+        index = self.scorer.attributes.index
+        return {k: int if index.get_level_values(k).dtype.kind in "iu" else str for k in self.spec.series_keys}
+
+    @property
+    def request_fields(self) -> str:
+        """What a request row for this model carries, e.g. "store_nbr: int, item_nbr: int, date,
+        onpromotion: float"."""
+        kinds = self.key_kinds()
+        keys = [f"{k}: {kinds[k].__name__}" for k in self.spec.series_keys]
+        return ", ".join([*keys, "date", *(f"{c}: float" for c in self.spec.covariates)])
+
     def predict_log(self, X: np.ndarray) -> np.ndarray:
         """log1p(sales), the scale the model learned."""
         predictor = self.scorer.predictor
@@ -102,6 +115,7 @@ class ModelHandle:
         self._actuals = actuals or (lambda: None)  # () -> observed sales (keys, date, sales) or None
         self.poll_seconds = poll_seconds
         self.target = ""  # the alias or version this handle follows
+        self.fields: str | None = None  # the request fields the gateway validates; others are refused
         self.current: LoadedModel | None = None
         self.last_error: str | None = None
         self.reloads = 0
@@ -125,8 +139,14 @@ class ModelHandle:
                 current = self.current
                 same_model = current and current.version == version and current.uri == uri
                 if same_model and (not with_new_actuals or count == current.actuals_seen):
+                    self.last_error = None  # the alias is back on the live version: nothing is wrong
                     return False, f"{name} v{version} already live"
                 model = load(uri, name, version, self._fetch(uri), actuals)
+                if self.fields is not None and model.request_fields != self.fields:
+                    raise ValueError(
+                        f"{name} v{version} takes other request fields ({model.request_fields}) than this "
+                        f"gateway serves ({self.fields}): restart the gateway to serve it"
+                    )
             except Exception as exc:  # a bad version must never take the live one down
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self.failures += 1

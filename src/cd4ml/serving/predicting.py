@@ -24,12 +24,6 @@ from cd4ml.serving.settings import GatewaySettings
 from cd4ml.serving.telemetry import Telemetry
 
 
-def key_kinds(model: LoadedModel) -> dict[str, type]:
-    """int or str, per series key, as the model's series attributes store it."""
-    index = model.scorer.attributes.index
-    return {k: int if index.get_level_values(k).dtype.kind in "iu" else str for k in model.spec.series_keys}
-
-
 def _problem(model: LoadedModel, i: int, key: tuple, day) -> dict:
     """Why a row is not servable: which key is unknown, or the date's range."""
     spec = model.spec

@@ -7,7 +7,6 @@ makes it independent of how the listening socket was created.
 
 from __future__ import annotations
 
-import os
 import socket
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -21,11 +20,10 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
 
 
-def serve(host: str, port: int, workers: int, env: dict[str, str]) -> None:
-    """Serve `app_from_env` (settings travel to the workers as CD4ML_* variables)."""
+def serve(host: str, port: int, workers: int) -> None:
+    """Serve `app_from_env`: settings travel to the workers as CD4ML_* variables."""
     import uvicorn
 
-    os.environ.update(env)
     uvicorn.run(
         "cd4ml.serving.app:app_from_env",
         factory=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 
 class GatewaySettings(BaseModel):
@@ -27,17 +27,15 @@ class GatewaySettings(BaseModel):
 
     @classmethod
     def from_env(cls, **overrides) -> GatewaySettings:
-        env = {
-            "admin_token": os.environ.get("CD4ML_ADMIN_TOKEN"),
-            "prediction_log": os.environ.get("CD4ML_PREDICTION_LOG"),
-            "tracking_uri": os.environ.get("CD4ML_TRACKING_URI"),
-            "feedback_store": os.environ.get("CD4ML_FEEDBACK_STORE"),
-        }
-        if "CD4ML_POLL_SECONDS" in os.environ:
-            env["poll_seconds"] = float(os.environ["CD4ML_POLL_SECONDS"])
-        return cls(
-            **{k: v for k, v in env.items() if v is not None} | {k: v for k, v in overrides.items() if v is not None}
-        )
+        """Every setting from its CD4ML_<NAME> variable (CD4ML_MAX_ROWS, CD4ML_ADMIN_TOKEN, …);
+        empty variables are unset; `overrides` that are not None win. A bad value names its variable."""
+        env = {name: os.environ.get(f"CD4ML_{name.upper()}") for name in cls.model_fields}
+        given = {k: v for k, v in env.items() if v} | {k: v for k, v in overrides.items() if v is not None}
+        try:
+            return cls(**given)
+        except ValidationError as exc:
+            wrong = "; ".join(f"CD4ML_{str(e['loc'][0]).upper()}={e['input']!r}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"gateway settings: {wrong}") from None
 
     def resolved_tracking_uri(self) -> str:
         from cd4ml.config import tracking_uri
