@@ -6,6 +6,7 @@ leaves the gateway as it was; what /predict serves equals what `cd4ml predict` w
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import shutil
@@ -322,6 +323,32 @@ def test_fast_path_answers_well_formed_requests_and_passes_on_the_rest(gateway: 
         ("POST", "", b"{not json"),
         ("GET", "", b""),
     ]
+
+
+def test_a_client_that_leaves_mid_request_is_not_a_server_error(gateway: Gateway) -> None:
+    """A client gone before its body arrived gets no answer and counts as 499, not 500: 5xx
+    rates drive automatic rollbacks."""
+    front = gateway.client.app.front  # Guard → FastPredict → FastAPI
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/predict",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json")],
+    }
+    sent: list[dict] = []
+
+    async def leave() -> dict:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    counted = {s: metric(gateway.client, "cd4ml_requests_total", path="/predict", status=s) for s in ("499", "500")}
+    asyncio.run(front(scope, leave, send))
+    assert sent == []
+    assert metric(gateway.client, "cd4ml_requests_total", path="/predict", status="499") == counted["499"] + 1
+    assert metric(gateway.client, "cd4ml_requests_total", path="/predict", status="500") == counted["500"]
 
 
 def test_request_ids_sort_by_time(gateway: Gateway) -> None:

@@ -181,6 +181,9 @@ def test_a_version_taking_other_request_fields_is_refused(served: Served) -> Non
     version = served.version()
     assert version["version"] == live
     assert "promo: float" in version["last_reload_error"] and "restart the gateway" in version["last_reload_error"]
+    failures = metric(served, "cd4ml_model_load_failures")
+    time.sleep(2.5)  # five polls of the alias: the refused version is not loaded again
+    assert metric(served, "cd4ml_model_load_failures") == failures
     answer = served.client.post("/predict", json={"rows": served.rows})
     assert answer.status_code == 200 and answer.json()["model"]["version"] == live
 

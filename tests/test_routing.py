@@ -414,6 +414,36 @@ def test_multiple_routes_each_row_by_its_family(live: Live) -> None:
 
 
 @integration
+def test_a_rejected_split_request_leaves_no_log_record(live: Live) -> None:
+    """Under `multiple` a bad row in the second arm's group is a 422, and the first arm's rows,
+    though valid, are not logged either: every group is scored before anything is logged."""
+    live.route(
+        strategy="multiple",
+        arms={"champion": "champion", "produce": "3"},
+        segment={"column": "family", "arms": {"PRODUCE": "produce"}},
+    )
+    items = next(k["options"] for k in live.catalog["keys"] if k["name"] == "item_nbr")
+    produce = {o["value"] for o in items if o["label"].startswith("PRODUCE")}
+    series = [int(s.split("|")[1]) for s in live.catalog["series"]]
+    other, fresh = (next(n for n, item in enumerate(series) if (item in produce) is p) for p in (False, True))
+    late = live.row(fresh) | {"date": "2099-01-01"}
+
+    def records() -> int:
+        with contextlib.closing(sqlite3.connect(live.workdir / "predictions.db", timeout=30)) as db:
+            return db.execute("SELECT count(*) FROM predictions").fetchone()[0]
+
+    def settled(body: dict[str, Any]) -> int:
+        """Records once `body` is logged: the writer keeps queue order, so all before it are too."""
+        logged(live.workdir, [body["request_id"]])
+        return records()
+
+    before = settled(live.predict([live.row(other)]))
+    rejected = live.client.post("/predict", json={"rows": [live.row(other), late]})
+    assert rejected.status_code == 422 and rejected.json()["detail"][0]["loc"] == ["body", "rows", 1, "date"]
+    assert settled(live.predict([live.row(other)])) == before + 1
+
+
+@integration
 def test_shadow_logs_both_predictions_under_one_request_id(live: Live) -> None:
     live.route(strategy="shadow", arms=VERSIONS)
     bodies = [live.predict([live.row(n)], client_id=f"shadow-{n}") for n in range(30)]

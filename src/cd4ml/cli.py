@@ -342,11 +342,11 @@ def serve(
 ) -> None:
     """Serve the registry's champion: /predict, the Sales forecast page on /, /metrics, hot reload.
 
-    Every setting can also come from a CD4ML_<NAME> variable (CD4ML_MAX_ROWS, CD4ML_ADMIN_TOKEN, …)."""
+    Settings can also come from CD4ML_<NAME> variables (CD4ML_MAX_ROWS, CD4ML_ADMIN_TOKEN, …); flags win."""
     from cd4ml.serving.server import serve as run_server
 
     flags = {
-        "model": model,
+        "model": model or "",  # not given: follow the alias, whatever an old CD4ML_MODEL says
         "poll_seconds": poll,
         "prediction_log": prediction_log,
         "max_rows": max_rows,

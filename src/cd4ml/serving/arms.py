@@ -57,7 +57,8 @@ class Arms:
         """Switch to `routing`: load new arms first, so a failing arm leaves the old routing live."""
         with self._lock:
             fresh = {}
-            for arm, target in routing.arms.items():
+            # the champion first: the first model loaded fixes the request schema
+            for arm, target in sorted(routing.arms.items(), key=lambda pair: pair[0] != CHAMPION_ARM):
                 handle = self.handles.get(arm)
                 if handle is None or handle.target != target:
                     handle = self.make_handle(self.settings, target)
@@ -67,7 +68,7 @@ class Arms:
                     handle.reload()
                     if handle.current is None:
                         raise ValueError(f"arm '{arm}' ({target}) cannot be loaded: {handle.last_error}")
-                    if self.fields is None:  # the first model loaded fixes the request schema
+                    if self.fields is None:
                         self.fields = handle.fields = handle.current.request_fields
                 fresh[arm] = handle
             for arm, handle in self.handles.items():

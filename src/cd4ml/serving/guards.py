@@ -9,6 +9,7 @@ from starlette.exceptions import HTTPException
 
 from cd4ml.serving.telemetry import Telemetry
 
+CLIENT_CLOSED = 499
 TOO_LARGE = b'{"detail":[{"loc":["body"],"msg":"request body larger than the limit","type":"too_large"}]}'
 
 
@@ -20,7 +21,7 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        status = {"code": 500}
+        status: dict[str, int | None] = {"code": None}
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
             await self._reject(send)
@@ -41,13 +42,17 @@ class Guard:
                 status["code"] = message["status"]
             await send(message)
 
+        returned = False
         try:
             await self.app(scope, limited_receive, tracking_send)
+            returned = True
         except BodyTooLarge:
             await self._reject(send)
-            status["code"] = 413
-        finally:  # an error that escapes the app is counted as the 500 the server answers
-            self.telemetry.observe(scope["path"], status["code"], time.perf_counter() - started)
+            status["code"], returned = 413, True
+        finally:  # an error that escapes the app is the 500 the server answers; no answer at all,
+            # the client went away first (499, as nginx counts it): not a server error
+            code = status["code"] if status["code"] is not None else (CLIENT_CLOSED if returned else 500)
+            self.telemetry.observe(scope["path"], code, time.perf_counter() - started)
 
     @staticmethod
     async def _reject(send) -> None:

@@ -43,11 +43,11 @@ class LoadedModel:
 
     @property
     def request_fields(self) -> str:
-        """What a request row for this model carries, e.g. "store_nbr: int, item_nbr: int, date,
-        onpromotion: float"."""
+        """What a request row for this model carries, sorted: "date, item_nbr: int, onpromotion:
+        float, store_nbr: int"."""
         kinds = self.key_kinds()
         keys = [f"{k}: {kinds[k].__name__}" for k in self.spec.series_keys]
-        return ", ".join([*keys, "date", *(f"{c}: float" for c in self.spec.covariates)])
+        return ", ".join(sorted([*keys, "date", *(f"{c}: float" for c in self.spec.covariates)]))
 
     def predict_log(self, X: np.ndarray) -> np.ndarray:
         """log1p(sales), the scale the model learned."""
@@ -83,7 +83,8 @@ class LoadedModel:
 def _freeze_heap() -> None:
     """Put everything alive now, above all a model's feature index (millions of small objects),
     out of the garbage collector's reach: otherwise every full collection walks it, a ~200 ms
-    pause on the request path. Collected first, so earlier models' garbage is not kept."""
+    pause on the request path at random. One full collection runs here instead, once per swap,
+    so garbage is not frozen with it (a model still answering in-flight requests is kept)."""
     gc.unfreeze()
     gc.collect()
     gc.freeze()
@@ -120,6 +121,8 @@ class ModelHandle:
         self.last_error: str | None = None
         self.reloads = 0
         self.failures = 0
+        self._failed: str | None = None  # the model URI the last failed load was for
+        self._refused: str | None = None  # a URI whose request fields differ: not retried
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -132,6 +135,7 @@ class ModelHandle:
         moves only when someone says a day is complete (POST /admin/reload, `cd4ml actuals`).
         """
         with self._lock:
+            uri = None
             try:
                 uri, name, version = self._resolve()
                 actuals = self._actuals()
@@ -139,27 +143,33 @@ class ModelHandle:
                 current = self.current
                 same_model = current and current.version == version and current.uri == uri
                 if same_model and (not with_new_actuals or count == current.actuals_seen):
-                    self.last_error = None  # the alias is back on the live version: nothing is wrong
+                    if self._failed != uri:  # the alias is back on the live version after another failed
+                        self.last_error = None
                     return False, f"{name} v{version} already live"
+                if uri == self._refused:  # the same answer every poll: not loaded again until the alias moves
+                    return False, self.last_error or ""
                 model = load(uri, name, version, self._fetch(uri), actuals)
                 if self.fields is not None and model.request_fields != self.fields:
+                    self._refused = uri
                     raise ValueError(
                         f"{name} v{version} takes other request fields ({model.request_fields}) than this "
                         f"gateway serves ({self.fields}): restart the gateway to serve it"
                     )
             except Exception as exc:  # a bad version must never take the live one down
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                self._failed = uri
                 self.failures += 1
                 log.error("model load failed, keeping %s: %s", self.describe(), self.last_error)
                 return False, self.last_error
             previous = self.describe()
             model.actuals_seen = 0 if actuals is None else len(actuals)
             self.current = model
-            self.last_error = None
+            self.last_error, self._failed, self._refused = None, None, None
             self.reloads += 1
+            del current, model  # the old model only lives on in requests still using it
             _freeze_heap()
-            log.info("model swapped: %s → %s v%s (origin %s)", previous, name, version, model.scorer.origin)
-            return True, f"{previous} → {name} v{version} (origin {model.scorer.origin})"
+            log.info("model swapped: %s → %s v%s (origin %s)", previous, name, version, self.current.scorer.origin)
+            return True, f"{previous} → {name} v{version} (origin {self.current.scorer.origin})"
 
     def follow_actuals(self, actuals) -> None:
         """Extend the live model's history with observed sales from `actuals()` on each reload."""

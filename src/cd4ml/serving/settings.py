@@ -27,14 +27,18 @@ class GatewaySettings(BaseModel):
 
     @classmethod
     def from_env(cls, **overrides) -> GatewaySettings:
-        """Every setting from its CD4ML_<NAME> variable (CD4ML_MAX_ROWS, CD4ML_ADMIN_TOKEN, …);
-        empty variables are unset; `overrides` that are not None win. A bad value names its variable."""
-        env = {name: os.environ.get(f"CD4ML_{name.upper()}") for name in cls.model_fields}
+        """Settings from CD4ML_<NAME> variables (CD4ML_MAX_ROWS, CD4ML_ADMIN_TOKEN, …); empty ones
+        are unset; `overrides` that are not None win. A bad value names its setting and variable."""
+        names = [n for n in cls.model_fields if n != "routing_file"]  # release moves write <workdir>/routing.yaml
+        env = {name: os.environ.get(f"CD4ML_{name.upper()}") for name in names}
         given = {k: v for k, v in env.items() if v} | {k: v for k, v in overrides.items() if v is not None}
         try:
             return cls(**given)
         except ValidationError as exc:
-            wrong = "; ".join(f"CD4ML_{str(e['loc'][0]).upper()}={e['input']!r}: {e['msg']}" for e in exc.errors())
+            wrong = "; ".join(
+                f"{e['loc'][0]} = {e['input']!r} (from its flag or CD4ML_{str(e['loc'][0]).upper()}): {e['msg']}"
+                for e in exc.errors()
+            )
             raise ValueError(f"gateway settings: {wrong}") from None
 
     def resolved_tracking_uri(self) -> str:
