@@ -386,15 +386,20 @@ def test_ab_shares_are_sticky_and_logged(live: Live) -> None:
     assert_log_matches(live.workdir, bodies)
 
 
-@integration
-def test_multiple_routes_each_row_by_its_family(live: Live) -> None:
+def route_produce_to_v3(live: Live) -> set[int]:
+    """`multiple`: the PRODUCE family to v3, the rest to the champion; the PRODUCE item numbers."""
     live.route(
         strategy="multiple",
         arms={"champion": "champion", "produce": "3"},
         segment={"column": "family", "arms": {"PRODUCE": "produce"}},
     )
     items = next(k["options"] for k in live.catalog["keys"] if k["name"] == "item_nbr")
-    produce = {o["value"] for o in items if o["label"].startswith("PRODUCE")}
+    return {o["value"] for o in items if o["label"].startswith("PRODUCE")}
+
+
+@integration
+def test_multiple_routes_each_row_by_its_family(live: Live) -> None:
+    produce = route_produce_to_v3(live)
     series = [tuple(int(v) for v in s.split("|")) for s in live.catalog["series"]]
     fresh = [n for n, (_, item) in enumerate(series) if item in produce][:2]
     other = [n for n, (_, item) in enumerate(series) if item not in produce][:3]
@@ -417,13 +422,7 @@ def test_multiple_routes_each_row_by_its_family(live: Live) -> None:
 def test_a_rejected_split_request_leaves_no_log_record(live: Live) -> None:
     """Under `multiple` a bad row in the second arm's group is a 422, and the first arm's rows,
     though valid, are not logged either: every group is scored before anything is logged."""
-    live.route(
-        strategy="multiple",
-        arms={"champion": "champion", "produce": "3"},
-        segment={"column": "family", "arms": {"PRODUCE": "produce"}},
-    )
-    items = next(k["options"] for k in live.catalog["keys"] if k["name"] == "item_nbr")
-    produce = {o["value"] for o in items if o["label"].startswith("PRODUCE")}
+    produce = route_produce_to_v3(live)
     series = [int(s.split("|")[1]) for s in live.catalog["series"]]
     other, fresh = (next(n for n, item in enumerate(series) if (item in produce) is p) for p in (False, True))
     late = live.row(fresh) | {"date": "2099-01-01"}
