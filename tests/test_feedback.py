@@ -24,7 +24,8 @@ import pandas as pd
 import pytest
 from conftest import GatewayProcess
 
-from cd4ml.monitoring.feedback import FeedbackStore, Served
+from cd4ml.monitoring.feedback import FeedbackStore, Served, ServedIndex, SplitRequest
+from cd4ml.monitoring.sinks import SQLiteSink
 
 TOKEN = "feedback-test-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -214,12 +215,9 @@ def test_concurrent_feedback_is_recorded_exactly_once(live: Live) -> None:
 
 @pytest.mark.integration
 @pytest.mark.xdist_group("feedback")
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: under 'multiple' a request served by several arms is "
-    "remembered per arm (the last group wins), so one actual per row is refused",
-)
 def test_a_request_split_across_arms_takes_one_actual_per_row(live: Live) -> None:
+    """Under `multiple` one request is served by several arms; its feedback is one unit, the
+    actuals in request order, attributed to the arms joined by '+'."""
     items = next(k["options"] for k in live.catalog["keys"] if k["name"] == "item_nbr")
     produce = {o["value"] for o in items if o["label"].startswith("PRODUCE")}
     series = [int(s.split("|")[1]) for s in live.catalog["series"]]
@@ -234,13 +232,41 @@ def test_a_request_split_across_arms_takes_one_actual_per_row(live: Live) -> Non
     }
     assert live.client.put("/admin/routing", json=routing, headers=ADMIN).status_code == 200
     try:
-        served = live.predict([live.row(n, day=1) for n in mixed])
-        assert {p["arm"] for p in served["predictions"]} == {"produce", "champion"}
+        rows = [live.row(n, day=1) for n in mixed]
+        served = live.predict(rows)
+        assert [p["arm"] for p in served["predictions"]] == ["produce", "champion"]
         response = live.feedback(request_id=served["request_id"], actual=[1.0, 2.0])
     finally:
         canary = {"strategy": "canary", "arms": ARMS, "share": 0.5}
         assert live.client.put("/admin/routing", json=canary, headers=ADMIN).status_code == 200
     assert response.status_code == 200, response.text
+    assert response.json()["arm"] == "produce+champion" and response.json()["recorded"] == ["actual"]
+    record = live.records(served["request_id"])["actual"]
+    assert json.loads(record["value"]) == [1.0, 2.0]
+    assert [r["item_nbr"] for r in json.loads(record["rows"])] == [r["item_nbr"] for r in rows]
+    assert json.loads(record["predictions"]) == [p["prediction"] for p in served["predictions"]]
+
+
+def test_the_log_names_a_split_request_it_cannot_order(tmp_path: Path) -> None:
+    """Out of memory, a request is read back from the prediction log: one arm's record is what
+    was served; several arms' records lost the request's row order, which the error says."""
+    log = SQLiteSink(tmp_path / "predictions.db")
+    row = {"store_nbr": 1, "item_nbr": 2, "date": "2017-01-01", "onpromotion": 0.0}
+    record = {"ts": 1.0, "model_name": "m", "contributions": None, "latency_ms": 1.0, "origin": "2016-12-31"}
+    served = [("one", "champion", "1", 3.0), ("two", "champion", "1", 4.0), ("two", "produce", "3", 5.0)]
+    served.append(("one", "shadow:x", "2", 6.0))
+    log.write(
+        [
+            record | {"request_id": r, "arm": a, "model_version": v, "rows": [row], "predictions": [p]}
+            for r, a, v, p in served
+        ]
+    )
+    log.close()
+    index = ServedIndex(log_url=f"sqlite:///{tmp_path / 'predictions.db'}")
+    assert index.get("one") == Served("champion", "1", [3.0], [row])
+    assert index.get("three") is None
+    with pytest.raises(SplitRequest, match=r"split across arms \(champion, produce\).*cd4ml actuals"):
+        index.get("two")
 
 
 # ---------------------------------------------------------------- cd4ml actuals

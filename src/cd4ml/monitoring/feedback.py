@@ -40,6 +40,10 @@ class DuplicateFeedback(ValueError):
     pass
 
 
+class SplitRequest(LookupError):
+    """A request served by several arms, known only from the log: its row order is lost."""
+
+
 class ServedIndex:
     """request id → what was served: recent requests in memory, older ones (or another worker's)
     from the prediction log when it can be read.
@@ -80,8 +84,13 @@ class ServedIndex:
                 "SELECT arm, model_version, predictions, rows FROM predictions WHERE request_id = ? "
                 "AND arm NOT LIKE 'shadow:%'",
                 (request_id,),
-            ).fetchone()
-        return Served(found[0], found[1], json.loads(found[2]), json.loads(found[3])) if found else None
+            ).fetchall()
+        if len(found) > 1:  # the log keeps each arm's rows, not where they stood in the request
+            raise SplitRequest(
+                f"request {request_id} was split across arms ({', '.join(f[0] for f in found)}) and is no longer "
+                "in this gateway's memory: send its actuals with `cd4ml actuals` (by series and date)"
+            )
+        return Served(found[0][0], found[0][1], json.loads(found[0][2]), json.loads(found[0][3])) if found else None
 
 
 class FeedbackStore:

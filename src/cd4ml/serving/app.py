@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from cd4ml.monitoring.feedback import DuplicateFeedback, FeedbackStore, ServedIndex
+from cd4ml.monitoring.feedback import DuplicateFeedback, FeedbackStore, ServedIndex, SplitRequest
 from cd4ml.monitoring.predictionlog import PredictionLogger
 from cd4ml.routing import Routing, load_routing, save_routing
 from cd4ml.serving.arms import Arms, registry_handle
@@ -143,7 +143,10 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> Gatewa
     @app.post("/feedback")
     async def feedback(body: FeedbackRequest):
         """Observed sales (`actual`) and/or a user reward in [0, 1] for a served request."""
-        known = served.get(body.request_id)
+        try:
+            known = served.get(body.request_id)
+        except SplitRequest as exc:
+            raise HTTPException(409, str(exc)) from None
         if known is None:
             raise HTTPException(
                 404,

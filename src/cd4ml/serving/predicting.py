@@ -104,6 +104,19 @@ def _top_contributions(model: LoadedModel, X: np.ndarray, top: int) -> list[list
     return result
 
 
+def _whole(parts: list[tuple], rows: int) -> Served:
+    """What a request was served, its rows in request order. A request `multiple` split across
+    arms is one feedback unit: its arms and versions are joined by '+' (e.g. "champion+produce")."""
+    if len(parts) == 1:
+        arm, version, _, values, dumped = parts[0]
+        return Served(arm, version, values, dumped)
+    predictions, dumped_rows = [0.0] * rows, [{}] * rows
+    for _, _, members, values, dumped in parts:
+        for (i, _), value, row in zip(members, values, dumped, strict=True):
+            predictions[i], dumped_rows[i] = value, row
+    return Served("+".join(p[0] for p in parts), "+".join(p[1] for p in parts), predictions, dumped_rows)
+
+
 class RequestIds:
     """Unique, unguessable request ids that sort by time, like UUIDv7: 48 bits of milliseconds,
     then 80 random bits, as 32 hex digits. In time order, the prediction log's request-id index
@@ -147,6 +160,7 @@ class Predictions:
             scored.append((arm, model, members, values, contributions))
         request_id = next(self._ids)
         predictions: list[dict] = [{} for _ in rows]
+        parts = []
         for arm, model, members, values, contributions in scored:
             for n, (i, _) in enumerate(members):
                 predictions[i] = {"prediction": values[n], "arm": arm, "version": model.version}
@@ -154,8 +168,9 @@ class Predictions:
                     predictions[i]["contributions"] = contributions[n]
             dumped = dump(members)  # once: the log and the feedback index share it
             self._log(request_id, arm, model, dumped, values, contributions, started)
-            self.served.remember(request_id, Served(arm, model.version, values, dumped))
             self.telemetry.predicted(arm, model.version, len(values))
+            parts.append((arm, model.version, members, values, dumped))
+        self.served.remember(request_id, _whole(parts, len(rows)))
         arm, model = scored[0][:2]
         for shadow in arms.shadows(arm):
             if self._shadow_slots.acquire(blocking=False):
