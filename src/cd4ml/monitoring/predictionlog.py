@@ -61,8 +61,8 @@ class PredictionLogger:
 
     def _drain(self, count: int) -> None:
         """Write the `count` oldest records, BATCH at a time. Records that arrive meanwhile wait
-        for the next wake-up: draining until empty wrote a dozen records per transaction under
-        load, which tripled the log's cost per request."""
+        for the next wake-up: draining until empty wrote about a dozen records per transaction
+        under load."""
         while count > 0:
             batch = [self._queue.popleft() for _ in range(min(BATCH, count))]
             count -= len(batch)

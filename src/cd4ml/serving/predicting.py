@@ -119,21 +119,11 @@ def _whole(parts: list[tuple], rows: int) -> Served:
     return Served("+".join(p[0] for p in parts), "+".join(p[1] for p in parts), predictions, dumped_rows)
 
 
-class RequestIds:
-    """Unique, unguessable request ids that sort by time, like UUIDv7: 48 bits of milliseconds,
-    then 80 random bits, as 32 hex digits. In time order, the prediction log's request-id index
-    grows at its end instead of at random pages (which made each logged request cost ~40 µs of
-    page writes once the log held a few hundred thousand requests). Random bytes are read 4 KiB
-    at a time: a getrandom call per request costs more than the rest. Used from the event loop."""
-
-    def __init__(self):
-        self._buffer, self._at = b"", 0
-
-    def __next__(self) -> str:
-        if self._at >= len(self._buffer):
-            self._buffer, self._at = os.urandom(4000), 0
-        self._at += 10
-        return f"{time.time_ns() // 1_000_000:012x}{self._buffer[self._at - 10 : self._at].hex()}"
+def new_request_id() -> str:
+    """Unique, unguessable and sorting by time, like UUIDv7: 48 bits of milliseconds, then 80
+    random bits, as 32 hex digits. In time order the prediction log's request-id index grows at
+    its end instead of dirtying random pages."""
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
 class Predictions:
@@ -143,7 +133,6 @@ class Predictions:
     def __init__(self, arms: Arms, settings: GatewaySettings, telemetry: Telemetry, served: ServedIndex):
         self.arms, self.settings, self.telemetry, self.served = arms, settings, telemetry, served
         self.log: PredictionLogger | None = None
-        self._ids = RequestIds()
         self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
         self._shadow_slots = threading.BoundedSemaphore(settings.shadow_queue)  # loop and shadow threads
 
@@ -160,7 +149,7 @@ class Predictions:
                 model, members, explain, self.settings.top_contributions, arms.learners.get(arm)
             )
             scored.append((arm, model, members, values, contributions))
-        request_id = next(self._ids)
+        request_id = new_request_id()
         predictions: list[dict] = [{} for _ in rows]
         parts = []
         for arm, model, members, values, contributions in scored:
