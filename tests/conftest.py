@@ -9,10 +9,13 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pandas as pd
@@ -102,6 +105,37 @@ def require_service() -> Callable[[str, Callable[[], object]], None]:
             pytest.skip(reason)
 
     return require
+
+
+POSTGRES_URL = os.environ.get("CD4ML_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def postgres_database(require_service: Callable[..., None]) -> Callable[[], AbstractContextManager[str]]:
+    """`with postgres_database() as url:` a fresh database on the test PostgreSQL server
+    (CD4ML_TEST_POSTGRES_URL), dropped afterwards with whatever is still connected to it."""
+    import psycopg2
+
+    def admin(statement: str) -> None:
+        connection = psycopg2.connect(POSTGRES_URL, connect_timeout=5)
+        connection.autocommit = True
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(statement)
+        finally:
+            connection.close()
+
+    @contextmanager
+    def fresh() -> Iterator[str]:
+        require_service(f"PostgreSQL at {POSTGRES_URL}", lambda: admin("SELECT 1"))
+        name = f"cd4ml_test_{uuid.uuid4().hex[:12]}"
+        admin(f'CREATE DATABASE "{name}"')
+        try:
+            yield urlunsplit(urlsplit(POSTGRES_URL)._replace(path=f"/{name}"))
+        finally:
+            admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return fresh
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import random
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 
 import httpx
@@ -26,7 +27,6 @@ from cd4ml.serving.bandits import (
 )
 
 REDIS_URL = os.environ.get("CD4ML_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-POSTGRES_URL = os.environ.get("CD4ML_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 POLICIES = ["thompson", "ucb1", "epsilon_greedy"]
 EPSILON = 0.1
 SEEDS = {"thompson": 11, "ucb1": 12, "epsilon_greedy": 13}
@@ -110,59 +110,42 @@ def store_factory(
     request: pytest.FixtureRequest,
     tmp_path: Path,
     require_service: Callable[[str, Callable[[], object]], None],
+    postgres_database: Callable[[], AbstractContextManager[str]],
 ) -> Iterator[Callable[..., object]]:
     """`open_(discount=DISCOUNT)`: a new store object on this test's own state (a file, a Redis
     key prefix, a fresh PostgreSQL database), as a restarted gateway or another replica sees it."""
-    opened: list[object] = []
-    if request.param == "sqlite":
+    with ExitStack() as cleanup:
+        if request.param == "sqlite":
 
-        def make(discount: float = DISCOUNT) -> object:
-            return SQLiteBanditStore(tmp_path / "bandit.db", discount)
+            def make(discount: float = DISCOUNT) -> object:
+                return SQLiteBanditStore(tmp_path / "bandit.db", discount)
 
-        cleanup: Callable[[], None] = lambda: None  # noqa: E731
-    elif request.param == "redis":
-        import redis
+        elif request.param == "redis":
+            import redis
 
-        require_service("Redis", lambda: redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping())
-        prefix = f"cd4ml-test:{uuid.uuid4().hex}:"
+            require_service("Redis", lambda: redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping())
+            prefix = f"cd4ml-test:{uuid.uuid4().hex}:"
 
-        def make(discount: float = DISCOUNT) -> object:
-            return RedisBanditStore(REDIS_URL, discount, prefix=prefix)
+            def make(discount: float = DISCOUNT) -> object:
+                return RedisBanditStore(REDIS_URL, discount, prefix=prefix)
 
-        def cleanup() -> None:
-            client = redis.Redis.from_url(REDIS_URL)
-            keys = list(client.scan_iter(f"{prefix}*"))
-            if keys:
-                client.delete(*keys)
-            client.close()
-    else:
-        import psycopg2
+            def forget() -> None:
+                client = redis.Redis.from_url(REDIS_URL)
+                keys = list(client.scan_iter(f"{prefix}*"))
+                if keys:
+                    client.delete(*keys)
+                client.close()
 
-        require_service("PostgreSQL", lambda: psycopg2.connect(POSTGRES_URL, connect_timeout=3).close())
-        name = f"cd4ml_bandit_{uuid.uuid4().hex[:12]}"
-        admin = psycopg2.connect(POSTGRES_URL)
-        admin.autocommit = True
-        with admin.cursor() as cur:
-            cur.execute(f"CREATE DATABASE {name}")
-        url = POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+            cleanup.callback(forget)
+        else:
+            url = cleanup.enter_context(postgres_database())
 
-        def make(discount: float = DISCOUNT) -> object:
-            return PostgresBanditStore(url, discount)
+            def make(discount: float = DISCOUNT) -> object:
+                store = PostgresBanditStore(url, discount)
+                cleanup.callback(store.db.close)  # closed before the database is dropped
+                return store
 
-        def cleanup() -> None:
-            for store in opened:
-                store.db.close()
-            with admin.cursor() as cur:
-                cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            admin.close()
-
-    def open_(discount: float = DISCOUNT) -> object:
-        store = make(discount)
-        opened.append(store)
-        return store
-
-    yield open_
-    cleanup()
+        yield make
 
 
 def test_stores_keep_the_documented_discounted_statistics(

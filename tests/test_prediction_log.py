@@ -16,12 +16,11 @@ import sqlite3
 import struct
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import msgpack
@@ -38,8 +37,6 @@ if TYPE_CHECKING:
     from conftest import GatewayProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("servers")]
-
-POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 @dataclass
@@ -150,40 +147,24 @@ def stop_gracefully(gateway: GatewayProcess) -> None:
 
 
 @pytest.fixture
-def postgres_database(require_service: Callable[..., None]) -> Iterator[str]:
-    """A fresh database on the PostgreSQL server (CD4ML_TEST_POSTGRES_URL), dropped afterwards."""
-    import os
-
-    import psycopg2
-
-    server = os.environ.get("CD4ML_TEST_POSTGRES_URL", POSTGRES)
-    require_service("PostgreSQL", lambda: psycopg2.connect(server, connect_timeout=3).close())
-    name = f"cd4ml_test_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(server)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+def postgres_url(postgres_database: Callable[[], AbstractContextManager[str]]) -> Iterator[str]:
+    with postgres_database() as url:
+        yield url
 
 
 def gateway_app(workdir: Path, **settings: Any) -> TestClient:
     return TestClient(create_app(GatewaySettings(workdir=workdir, poll_seconds=0, **settings)))
 
 
-def test_postgres_log_holds_every_request(workdir: Path, postgres_database: str) -> None:
+def test_postgres_log_holds_every_request(workdir: Path, postgres_url: str) -> None:
     import psycopg2
     from psycopg2.extras import RealDictCursor
 
     sent = Sent()
-    with gateway_app(workdir, prediction_log=postgres_database) as client:
+    with gateway_app(workdir, prediction_log=postgres_url) as client:
         send(sent, client, 40)
     # the gateway has shut down: its log was flushed and closed
-    with psycopg2.connect(postgres_database) as db, db.cursor(cursor_factory=RealDictCursor) as cur:
+    with psycopg2.connect(postgres_url) as db, db.cursor(cursor_factory=RealDictCursor) as cur:
         cur.execute("SELECT * FROM predictions")
         records = [dict(r) for r in cur.fetchall()]
         cur.execute("SELECT data_type FROM information_schema.columns WHERE column_name = 'rows'")

@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,6 @@ from cd4ml.registry import CHALLENGER, CHAMPION, Registry, log_bundle, signature
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("mlflow-server")]
 
 CLI = Callable[..., subprocess.CompletedProcess[str]]
-POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 WIDE = {"COLUMNS": "250", "NO_COLOR": "1"}  # Rich tables unwrapped, so output can be searched
 
 
@@ -75,47 +75,31 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory, require_service: Callable) -> Iterator[MlflowServer]:
+def mlflow_server(
+    tmp_path_factory: pytest.TempPathFactory, postgres_database: Callable[[], AbstractContextManager[str]]
+) -> Iterator[MlflowServer]:
     """Started, not yet waited for: it boots while the trained work directory is built."""
-    import psycopg2
-    from psycopg2 import sql
     from sqlalchemy.engine import make_url
 
-    url = os.environ.get("CD4ML_TEST_POSTGRES_URL", POSTGRES_URL)
-    require_service(f"PostgreSQL at {url}", lambda: psycopg2.connect(url, connect_timeout=5).close())
-    database = f"cd4ml_test_{uuid.uuid4().hex[:10]}"
-
-    def admin(statement: sql.Composable) -> None:
-        connection = psycopg2.connect(url, connect_timeout=5)
-        connection.autocommit = True
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(statement)
-        finally:
-            connection.close()
-
-    admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-    # SQLAlchemy >= 2.1 maps postgresql:// to psycopg 3; MLflow's documented driver is psycopg2
-    backend = make_url(url).set(drivername="postgresql+psycopg2", database=database)
-    folder, port = tmp_path_factory.mktemp("mlflow-server"), _free_port()
-    # one uvicorn worker (default 4) and no job runner: half the boot time on 2 cores
-    command = [str(Path(sys.executable).parent / "mlflow"), "server",
-               "--backend-store-uri", backend.render_as_string(hide_password=False),
-               "--serve-artifacts", "--artifacts-destination", str(folder / "artifacts"),
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
-    server = None
-    try:
+    with postgres_database() as url:
+        # SQLAlchemy >= 2.1 maps postgresql:// to psycopg 3; MLflow's documented driver is psycopg2
+        backend = make_url(url).set(drivername="postgresql+psycopg2")
+        folder, port = tmp_path_factory.mktemp("mlflow-server"), _free_port()
+        # one uvicorn worker (default 4) and no job runner: half the boot time on 2 cores
+        command = [str(Path(sys.executable).parent / "mlflow"), "server",
+                   "--backend-store-uri", backend.render_as_string(hide_password=False),
+                   "--serve-artifacts", "--artifacts-destination", str(folder / "artifacts"),
+                   "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
         with (folder / "server.log").open("wb") as sink:
             process = subprocess.Popen(
                 command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
                 env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             )  # fmt: skip
         server = MlflowServer(f"http://127.0.0.1:{port}", process, folder / "server.log")
-        yield server
-    finally:
-        if server:
+        try:
+            yield server
+        finally:
             server.stop()
-        admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
 
 
 @dataclass
