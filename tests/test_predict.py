@@ -48,6 +48,16 @@ def holdout(trained_workdir: Path, tmp_path_factory: pytest.TempPathFactory):
     return path, rows["prediction"].to_numpy(), origin
 
 
+def _predict_with_bundle(
+    run_cd4ml: CLI, rows: Path, target: Path, origin: date, bundle: Path
+) -> subprocess.CompletedProcess[str]:
+    """`cd4ml predict` with a bundle folder as the model, run in the target's folder (no tracking store)."""
+    return run_cd4ml(
+        "predict", "-i", str(rows), "-o", str(target), "--origin", origin.isoformat(),
+        "--model", str(bundle), "-w", str(target.parent), env=WIDE,
+    )  # fmt: skip
+
+
 def _predictions(path: Path) -> np.ndarray:
     return pd.read_csv(path, float_precision="round_trip")["prediction"].to_numpy()
 
@@ -58,20 +68,7 @@ def test_predict_reproduces_the_pipeline_holdout_predictions_exactly(
     rows, expected, origin = holdout
     target = tmp_path / "preds.csv"
     bundle = trained_workdir / "models" / "bundle"
-    result = run_cd4ml(
-        "predict",
-        "--input",
-        str(rows),
-        "--output",
-        str(target),
-        "--origin",
-        origin.isoformat(),
-        "--model",
-        str(bundle),
-        "-w",
-        str(tmp_path),
-        env=WIDE,
-    )
+    result = _predict_with_bundle(run_cd4ml, rows, target, origin, bundle)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{len(expected):,} rows" in result.stdout
     written = pd.read_csv(target, float_precision="round_trip")
@@ -128,20 +125,7 @@ def test_predict_refuses_rows_it_cannot_score_naming_line_and_reason(
     spoil(rows, spec, origin)
     rows.to_csv(tmp_path / "rows.csv", index=False)
     target = tmp_path / "preds.csv"
-    result = run_cd4ml(
-        "predict",
-        "-i",
-        str(tmp_path / "rows.csv"),
-        "-o",
-        str(target),
-        "--origin",
-        origin.isoformat(),
-        "--model",
-        str(bundle),
-        "-w",
-        str(tmp_path),
-        env=WIDE,
-    )
+    result = _predict_with_bundle(run_cd4ml, tmp_path / "rows.csv", target, origin, bundle)
     assert result.returncode == 2, result.stdout + result.stderr
     step = timedelta(days=spec.period_days)
     last = origin + spec.horizon * step
