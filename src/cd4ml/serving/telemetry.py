@@ -55,30 +55,24 @@ class Telemetry:
         self.log_depth = Gauge("cd4ml_log_queue_depth", "prediction records waiting", registry=self.registry)
         self.log_dropped = Counter("cd4ml_log_dropped", "prediction records dropped", registry=self.registry)
 
-        # labelled children, looked up once: `labels()` takes a lock and builds a key each call
-        self._per_response: dict[tuple[str, int], tuple] = {}
-        self._per_model: dict[tuple[str, str], Counter] = {}
+        self._children: dict[tuple, object] = {}
+
+    def _child(self, metric, *labels: str):
+        """`metric.labels(*labels)`, looked up once: `labels()` takes a lock and builds a key."""
+        child = self._children.get((metric, labels))
+        if child is None:
+            child = self._children[metric, labels] = metric.labels(*labels)
+        return child
 
     def observe(self, path: str, status: int, seconds: float) -> None:
         path = path if path in KNOWN_PATHS else "other"
-        children = self._per_response.get((path, status))
-        if children is None:
-            children = self._per_response[path, status] = (
-                self.requests.labels(path, str(status)),
-                self.latency.labels(path),
-                self.errors.labels(path, str(status)) if status >= 400 else None,
-            )
-        requests, latency, errors = children
-        requests.inc()
-        latency.observe(seconds)
-        if errors is not None:
-            errors.inc()
+        self._child(self.requests, path, str(status)).inc()
+        self._child(self.latency, path).observe(seconds)
+        if status >= 400:
+            self._child(self.errors, path, str(status)).inc()
 
     def predicted(self, arm: str, version: str, rows: int) -> None:
-        counter = self._per_model.get((arm, version))
-        if counter is None:
-            counter = self._per_model[arm, version] = self.predictions.labels(arm, version)
-        counter.inc(rows)
+        self._child(self.predictions, arm, version).inc(rows)
 
     def render(self, arms, log_depth: int) -> bytes:
         """Current state of the arms and the log queue, then every metric."""
