@@ -39,6 +39,7 @@ class IngestReport:
     """What was read and what was repaired; nothing is changed without being counted here."""
 
     source: str
+    source_notes: list[str] = field(default_factory=list)  # the preset's own repairs, from the spec
     rows_read: int = 0
     date_format: str = ""
     date_format_detected: bool = False
@@ -58,7 +59,7 @@ class IngestReport:
 
     def notes(self) -> list[str]:
         """Human sentences for the repairs that happened."""
-        notes = []
+        notes = list(self.source_notes)
         if self.date_format_detected:
             notes.append(f"dates read as {self.date_format} (the only known format that fits)")
         if self.exact_duplicates_dropped:
@@ -277,11 +278,11 @@ def write_canonical(
     """Write the canonical table sorted by series and date; integer keys stay integers.
 
     A key is written as an integer only if every value survives the round trip, so '007'
-    stays text instead of merging with '7'.
+    stays text instead of merging with '7'; a spec's `text_keys` are always text.
     """
     keys = []
     for key in spec.series_keys:
-        integer = _scalar(
+        integer = key not in spec.text_keys and _scalar(
             con,
             f'SELECT bool_and(CAST(TRY_CAST("{key}" AS BIGINT) AS VARCHAR) IS NOT DISTINCT FROM '
             f'"{key}") FROM {relation}',
@@ -329,7 +330,7 @@ def ingest(
     """
     inputs = locate_inputs(spec, cache_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = IngestReport(source=inputs.sales_name)
+    report = IngestReport(source=inputs.sales_name, source_notes=list(spec.source_notes))
     staging = out_dir / "staging.parquet"
     attributes = [*spec.attributes, *inputs.side_attributes]
     con = connect(memory_limit, out_dir / "tmp")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, PositiveInt
 
 from cd4ml.data.spec import DatasetSpec, Holidays, SideTable, Weights
 
@@ -72,4 +75,43 @@ def store47(sales: str) -> DatasetSpec:
         holidays=Holidays(country="EC"),
         slices=["family", "perishable"],
         weights=Weights(column="perishable"),
+    )
+
+
+ONLINE_RETAIL_FILE = "online_retail.csv.gz"
+
+
+class OnlineRetailOptions(BaseModel):
+    """A preset file (`preset: online-retail`): which table to build from the invoice lines."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: Literal["online-retail"]
+    data: str  # the raw file or its folder, relative to the preset file
+    frequency: Literal["daily", "weekly"] = "daily"
+    top_products: PositiveInt | None = None  # the N best sellers by units; None keeps every product
+
+
+def online_retail(
+    raw: Path, cache_dir: Path, frequency: Literal["daily", "weekly"] = "daily", top_products: int | None = None
+) -> DatasetSpec:
+    """UCI 'Online Retail': units sold per product (StockCode, a text key) and day or week.
+
+    Chen, D. (2015). Online Retail [Dataset]. UCI Machine Learning Repository.
+    https://doi.org/10.24432/C5BW33 (CC BY 4.0). Invoice lines become a units table in the cache
+    first; what was dropped and why (non-product codes, cancellations, duplicates, adjustments)
+    is reported with the ingest repairs, see `online_retail.py`.
+    """
+    from cd4ml.data import online_retail as retail
+
+    table, preparation = retail.prepare(raw, cache_dir, frequency, top_products)
+    return DatasetSpec(
+        name=f"online-retail-{frequency}" + (f"-top{top_products}" if top_products else ""),
+        sales=str(table),
+        series_keys=[retail.KEY],
+        target=retail.TARGET,
+        frequency=frequency,
+        holidays=Holidays(country="GB"),  # a UK retailer: closed on bank holidays
+        text_keys=[retail.KEY],
+        source_notes=preparation.notes(),
     )

@@ -8,12 +8,15 @@ reads it as the Favorita folder it is.
 from __future__ import annotations
 
 import csv
+import gzip
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from pydantic import ValidationError
+from ruamel.yaml import YAML, YAMLError
 
-from cd4ml.data import presets
+from cd4ml.data import online_retail, presets
 from cd4ml.data.download import fetch, is_url
 from cd4ml.data.spec import DatasetSpec, SpecError, load_spec
 from cd4ml.data.validation import DataValidationError, Problem, csv_lines
@@ -27,7 +30,8 @@ CANONICAL = ["date", "sales", "weight"]  # names the canonical table gives its o
 
 def header(path: Path) -> list[str]:
     """Column names; a byte-order mark (Excel's UTF-8 export) is not part of the first name."""
-    with open(path, newline="", encoding="utf-8-sig") as handle:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="", encoding="utf-8-sig") as handle:
         return next(csv.reader(handle), [])
 
 
@@ -42,13 +46,38 @@ def resolve_source(source: str, cache_dir: Path) -> DatasetSpec:
     if not path.exists():
         raise SpecError(f"data source not found: {source} (use 'sample', a folder, a CSV, a URL or a spec YAML)")
     if path.suffix in SPEC_SUFFIXES:
-        return load_spec(path)
+        return _spec_file(path, cache_dir)
     if path.is_dir():
-        return _folder(path)
+        return _folder(path, cache_dir)
+    if set(header(path)) == set(online_retail.COLUMNS):
+        return presets.online_retail(path, cache_dir)
     return _single_file(path, location=str(path.resolve()))
 
 
-def _folder(path: Path) -> DatasetSpec:
+def _spec_file(path: Path, cache_dir: Path) -> DatasetSpec:
+    """A dataset spec, or a preset file (`preset: online-retail` plus the preset's options)."""
+    try:
+        raw = YAML(typ="safe", pure=True).load(path.read_text())
+    except (OSError, YAMLError) as exc:
+        raise SpecError(f"{path}: cannot read dataset spec: {exc}") from exc
+    if not (isinstance(raw, dict) and "preset" in raw):
+        return load_spec(path)
+    try:
+        options = presets.OnlineRetailOptions.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(preset)'}: {e['msg']}" for e in exc.errors())
+        raise SpecError(f"{path}: invalid preset file: {problems}") from exc
+    data = (path.parent / options.data).resolve()
+    if data.is_dir():
+        data = data / presets.ONLINE_RETAIL_FILE
+    if not data.is_file():
+        raise SpecError(f"{path}: data: {data} not found (the UCI Online Retail {presets.ONLINE_RETAIL_FILE})")
+    return presets.online_retail(data, cache_dir, options.frequency, options.top_products)
+
+
+def _folder(path: Path, cache_dir: Path) -> DatasetSpec:
+    if (path / presets.ONLINE_RETAIL_FILE).is_file():
+        return presets.online_retail(path / presets.ONLINE_RETAIL_FILE, cache_dir)
     train = path / "train.csv"
     if not train.exists():
         raise SpecError(f"{path}: no train.csv; a Favorita or Store Sales folder holds train.csv")

@@ -81,6 +81,10 @@ class DatasetSpec(BaseModel):
     holidays: Holidays | None = None
     slices: list[str] = Field(default_factory=list)  # attribute columns for per-slice metrics
     weights: Weights | None = None
+    # keys written as text even when every value looks like a number (product codes: '71053')
+    text_keys: list[str] = Field(default_factory=list)
+    # what a preset did to the raw source before ingest (rows dropped and why): reported as repairs
+    source_notes: list[str] = Field(default_factory=list)
     # folder or URL that relative locations are relative to (the spec's own); not part of it
     base: str | None = Field(default=None, exclude=True)
 
@@ -90,6 +94,9 @@ class DatasetSpec(BaseModel):
         repeated = sorted({c for c in roles if roles.count(c) > 1})
         if repeated:
             raise ValueError(f"columns used in more than one role: {', '.join(repeated)}")
+        not_keys = [k for k in self.text_keys if k not in self.series_keys]
+        if not_keys:
+            raise ValueError(f"text_keys must be series keys: {', '.join(not_keys)}")
         return self
 
     @property
