@@ -6,8 +6,7 @@ from datetime import date, timedelta
 
 import pytest
 
-from cd4ml.data.split import Split, plan_split
-from cd4ml.data.validation import DataValidationError
+from cd4ml.data.split import HistoryTooShort, Split, plan_split
 
 
 def targets(origin: date, split: Split) -> set[date]:
@@ -44,16 +43,38 @@ def test_origins_without_enough_history_are_dropped() -> None:
     assert min(split.train_origins) >= first + timedelta(days=56)
 
 
-def test_too_short_history_raises_data_validation_error() -> None:
-    first, last = date(2016, 1, 1), date(2016, 3, 31)  # 91 days < 56 + 3 x 16
-    with pytest.raises(DataValidationError) as raised:
-        plan_split(
-            first,
-            last,
-            horizon=16,
-            period_days=1,
-            train_origins=12,
-            origin_stride=7,
-            min_history=56,
-        )
-    assert "104 periods of history" in str(raised.value)
+def test_a_history_of_two_horizons_and_one_period_still_splits_and_says_how() -> None:
+    first, last = date(2016, 1, 1), date(2016, 1, 15)  # 15 days: 2 x 7 + 1
+    split = plan_split(first, last, horizon=7, period_days=1, train_origins=84, origin_stride=1)
+    step = timedelta(days=1)
+    holdout = targets(split.holdout_origin, split)
+    assert holdout == {last - k * step for k in range(7)}
+    assert split.valid_origin == first and split.train_origins == [first]
+    assert all(not targets(o, split) & holdout for o in split.train_origins)
+    assert split.min_history == 0
+    assert any("training targets may share" in note for note in split.notes)
+    assert any("min_history 56 → 0" in note for note in split.notes)
+    assert split.refit_origins == [first + k * step for k in range(1, 8)]
+
+
+def test_a_short_history_splits_into_half_history_half_training_origins() -> None:
+    first, last = date(2016, 1, 1), date(2016, 1, 20)  # 20 days, horizon 7: 5 days before the validation origin
+    split = plan_split(first, last, horizon=7, period_days=1, train_origins=84, origin_stride=1)
+    assert split.min_history == 2
+    assert split.train_origins == [first + timedelta(days=d) for d in range(2, 6)]
+
+
+def test_weekly_data_gets_weekly_defaults() -> None:
+    first, last = date(2014, 1, 3), date(2016, 12, 30)
+    split = plan_split(first, last, horizon=8, period_days=7, train_origins=52, origin_stride=1)
+    assert split.min_history == 13 and not split.notes
+    assert [b - a for a, b in zip(split.train_origins, split.train_origins[1:], strict=False)] == [timedelta(7)] * 51
+
+
+def test_too_short_history_names_the_parameter_the_periods_present_and_needed() -> None:
+    first, last = date(2016, 1, 1), date(2016, 2, 1)  # 32 days < 2 x 16 + 1
+    with pytest.raises(HistoryTooShort) as raised:
+        plan_split(first, last, horizon=16, period_days=1, train_origins=12, origin_stride=7, min_history=56)
+    message = str(raised.value)
+    assert "split.horizon=16" in message and "at least 33 periods" in message and "the data has 32" in message
+    assert "split.horizon to at most 15" in message

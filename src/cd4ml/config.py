@@ -38,9 +38,11 @@ class DataParams(_Strict):
 
 class SplitParams(_Strict):
     horizon: int = Field(16, ge=1)
-    train_origins: int = Field(12, ge=1)
-    origin_stride: int = Field(7, ge=1)
-    min_history: int = Field(56, ge=1)
+    train_origins: int = Field(84, ge=1)
+    origin_stride: int = Field(1, ge=1)
+    min_history: int | None = Field(None, ge=1)  # None: 56 days or 13 weeks, fewer on shorter data
+    max_train_rows: int = Field(2_000_000, ge=1000)  # series are sampled per origin beyond it
+    refit: bool = True  # once gated, refit on origins up to the newest data
 
 
 class FeatureParams(_Strict):
@@ -216,6 +218,16 @@ class Paths:
     @property
     def model(self) -> Path:
         return self.root / "models" / "model"
+
+    @property
+    def shipped(self) -> Path:
+        """The model that ships: refit on the newest data after the gates judged `model`."""
+        return self.root / "models" / "shipped"
+
+    @property
+    def logged(self) -> Path:
+        """The bundle's model URI under its MLflow run, written by the gate stage."""
+        return self.root / "models" / "logged.json"
 
     @property
     def run(self) -> Path:

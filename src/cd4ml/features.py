@@ -267,12 +267,16 @@ def examples_at_origin(
     origin: date,
     holidays: tuple[pd.Series, pd.Series],
     keep: list[str],
+    share: float = 1.0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Labelled rows for the horizon after `origin`: (features, target rows with `keep` columns).
 
-    Only series with history at the origin are forecast, as in production.
+    Only series with history at the origin are forecast, as in production; `share` < 1 keeps
+    that share of them, drawn anew for each origin (a row budget for many training origins).
     """
     state = series_state(con, fs, relation, origin)
+    if share < 1:
+        state = state.sample(frac=share, random_state=origin.toordinal())
     columns = list(dict.fromkeys(["date", *fs.series_keys, *fs.covariates, *fs.attributes, *keep]))
     targets = con.execute(target_rows_sql(fs, relation, origin, columns)).df()
     targets = targets.merge(state[fs.series_keys], on=fs.series_keys, how="inner")

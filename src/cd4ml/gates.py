@@ -57,16 +57,28 @@ def beats_baseline(model: float, baseline: float, p: GateParams) -> Check:
     )
 
 
-def not_worse_than_champion(model: float, champion: float | None, version: str | None, p: GateParams) -> Check:
-    if champion is None:
+@dataclass
+class ChampionScore:
+    """This run's model and the current champion on the same holdout rows (no champion: None)."""
+
+    model: float
+    version: str | None = None
+    champion: float | None = None
+    predictions: np.ndarray | None = None  # the champion's, for `rows` of the holdout
+    rows: np.ndarray | None = None
+    detail: str = ""
+
+
+def not_worse_than_champion(score: ChampionScore, p: GateParams) -> Check:
+    if score.champion is None:
         return Check("vs champion", "no champion", "-", True, "first model")
-    gain = relative_gain(model, champion)
+    gain = relative_gain(score.model, score.champion)
     return Check(
         "vs champion",
         f"{gain:+.2%}",
         f"≥ -{p.champion_tolerance:.0%}",
         gain >= -p.champion_tolerance,
-        f"NWRMSLE {model:.4f} vs champion v{version} {champion:.4f} re-scored on this holdout",
+        f"NWRMSLE {score.model:.4f} vs champion v{score.version} {score.champion:.4f}, {score.detail}",
     )
 
 

@@ -1,7 +1,14 @@
 """Time-based split by forecast origin: train origins, then validation, then the holdout.
 
-Each part forecasts `horizon` periods after its origin; the parts' target periods never overlap
-and the holdout's targets are the last `horizon` periods of the data (Favorita: 16 days).
+Each part forecasts `horizon` periods after its origin. The holdout's targets are the last
+`horizon` periods of the data (Favorita: 16 days) and no other part's targets reach into them.
+Validation (early stopping) forecasts the `horizon` periods before the holdout; training origins
+end where validation's targets begin, or — on a history too short for that — at the validation
+origin, so their targets may share validation's periods but never the holdout's.
+
+After the gates have judged the model trained this way, it is refit with the same settings on the
+`refit_origins` as well: the newest origins, up to the holdout's, so the shipped model has seen the
+newest data.
 """
 
 from __future__ import annotations
@@ -10,7 +17,11 @@ from datetime import date, timedelta
 
 from pydantic import BaseModel
 
-from cd4ml.data.validation import DataValidationError, Problem
+MIN_HISTORY = {1: 56, 7: 13}  # automatic `split.min_history` by period length: 8 weeks, a quarter
+
+
+class HistoryTooShort(ValueError):
+    """The data holds too few periods for the horizon; the message names the parameter to change."""
 
 
 class Split(BaseModel):
@@ -21,6 +32,14 @@ class Split(BaseModel):
     holdout_origin: date
     valid_origin: date
     train_origins: list[date]
+    refit_origins: list[date]  # newer than every train origin, up to the holdout origin
+    min_history: int  # periods of data before every training origin, at least
+    notes: list[str]  # what was chosen automatically, and why
+
+
+def periods_between(first: date, last: date, period_days: int) -> int:
+    """Periods from `first` to `last`, both included."""
+    return (last - first).days // period_days + 1
 
 
 def plan_split(
@@ -30,29 +49,40 @@ def plan_split(
     period_days: int,
     train_origins: int,
     origin_stride: int,
-    min_history: int,
+    min_history: int | None = None,
 ) -> Split:
-    """Origins going back from the end of the data; raises if history is too short."""
+    """Origins going back from the end of the data; raises HistoryTooShort below 2 × horizon + 1 periods."""
     step = timedelta(days=period_days)
+    present, needed = periods_between(first_date, last_date, period_days), 2 * horizon + 1
+    if present < needed:
+        raise HistoryTooShort(
+            f"split.horizon={horizon} needs at least {needed} periods of history (2 × horizon + 1), "
+            f"the data has {present} ({first_date}..{last_date}); "
+            f"set split.horizon to at most {(present - 1) // 2}"
+        )
     holdout = last_date - horizon * step
     valid = holdout - horizon * step
-    earliest = first_date + min_history * step
-    latest_train = valid - horizon * step
-    origins = [latest_train - k * origin_stride * step for k in range(train_origins)]
-    origins = [o for o in origins if o >= earliest]
-    if not origins:
-        needed = min_history + 3 * horizon
-        raise DataValidationError(
-            [
-                Problem(
-                    "sales",
-                    "date",
-                    f"at least {needed} periods of history for horizon {horizon}",
-                    1,
-                    [{"first_date": str(first_date), "last_date": str(last_date)}],
-                )
-            ]
-        )
+    notes = []
+    latest = valid - horizon * step
+    if latest < first_date:
+        latest = valid
+        notes.append("history too short for separate validation periods: training targets may share them")
+    available = (latest - first_date).days // period_days  # periods before the latest train origin
+    wanted = MIN_HISTORY.get(period_days, 1) if min_history is None else min_history
+    history = min(wanted, available, max(1, available // 2))  # short data: half history, half origins
+    if history < wanted:
+        notes.append(f"min_history {wanted} → {history} periods: the data holds {present}")
+    earliest = first_date + history * step
+    stride = origin_stride * step
+    origins = [latest - k * stride for k in range(train_origins)]
+    origins = sorted(o for o in origins if o >= earliest)
+    if len(origins) < train_origins:
+        notes.append(f"{len(origins)} of {train_origins} train origins have {history} periods of history")
+    refit = []
+    origin = latest + stride
+    while origin <= holdout:
+        refit.append(origin)
+        origin += stride
     return Split(
         first_date=first_date,
         last_date=last_date,
@@ -60,5 +90,8 @@ def plan_split(
         period_days=period_days,
         holdout_origin=holdout,
         valid_origin=valid,
-        train_origins=sorted(origins),
+        train_origins=origins,
+        refit_origins=refit,
+        min_history=history,
+        notes=notes,
     )

@@ -36,6 +36,9 @@ class LightGBMForecaster:
     ) -> Self:
         params = dict(self.params)
         rounds = params.pop("n_estimators", 500)
+        # a leaf needs min_child_samples rows: on a small table (a short history, few series) the
+        # default 50 allows no split at all, and the model is one constant
+        params["min_child_samples"] = min(params.get("min_child_samples", 20), max(5, len(X) // 20))
         train = lgb.Dataset(
             X.to_numpy(np.float32), to_log(y), weight=weight, feature_name=list(X.columns), free_raw_data=True
         )
@@ -45,6 +48,10 @@ class LightGBMForecaster:
             callbacks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False)]
         self.booster_ = lgb.train(params, train, num_boost_round=rounds, valid_sets=sets, callbacks=callbacks)
         return self
+
+    def unstopped(self) -> Self:
+        rounds = self.booster_.best_iteration or self.booster_.current_iteration()
+        return type(self)(self.early_stopping_rounds, **(self.params | {"n_estimators": rounds}))
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         return to_sales(

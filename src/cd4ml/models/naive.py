@@ -22,6 +22,9 @@ class SeasonalNaive:
         self.column_index_ = X.columns.get_loc(self.column)
         return self
 
+    def unstopped(self) -> Self:
+        return type(self)(self.column)
+
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         return to_sales(X[self.column].to_numpy())
 

@@ -36,6 +36,9 @@ class _SklearnForecaster:
         self.estimator_.fit(X.to_numpy(np.float32), to_log(y), sample_weight=weight)
         return self
 
+    def unstopped(self) -> Self:
+        return type(self)(**self.params)
+
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         return to_sales(self.estimator_.predict(X.to_numpy(np.float32)))
 

@@ -146,21 +146,18 @@ def split(root: Path) -> str:
         params.split.min_history,
     )
     _json(paths.split, plan.model_dump(mode="json"))
+    chosen = "".join(f"; {note}" for note in plan.notes)
     return (
-        f"{len(plan.train_origins)} train origins ≤ {plan.train_origins[-1]}, valid {plan.valid_origin}, "
-        f"holdout {plan.holdout_origin}"
+        f"{len(plan.train_origins)} train origins {plan.train_origins[0]}..{plan.train_origins[-1]}, "
+        f"valid {plan.valid_origin}, holdout {plan.holdout_origin}{chosen}"
     )
 
 
 def featurize(root: Path) -> str:
     """Labelled feature rows for every origin of the split, written origin by origin."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from cd4ml.data.ingest import connect
-    from cd4ml.data.schemas import check, feature_schema
     from cd4ml.data.split import Split
-    from cd4ml.features import build_feature_spec, examples_at_origin, holiday_counts
+    from cd4ml.features import build_feature_spec, holiday_counts
 
     paths, params = Paths(root), load_params(Paths(root).params)
     dataset = _dataset(paths)
@@ -171,22 +168,45 @@ def featurize(root: Path) -> str:
     holidays = holiday_counts(pd.read_parquet(paths.ingested / "holidays.parquet"), fs)
     keep = list(dict.fromkeys(["sales", "weight", *dataset["spec"]["slices"]]))
     paths.features.mkdir(parents=True, exist_ok=True)
-    counts = {}
-    parts = {"train": plan.train_origins, "valid": [plan.valid_origin], "holdout": [plan.holdout_origin]}
-    for part, origins in parts.items():
-        writer, rows = None, 0
-        for origin in origins:
-            features, labels = examples_at_origin(con, fs, "sales", origin, holidays, keep)
-            check(feature_schema(fs), features, f"{part} features at origin {origin}")
-            table = pa.Table.from_pandas(pd.concat([labels, features], axis=1), preserve_index=False)
-            writer = writer or pq.ParquetWriter(paths.features / f"{part}.parquet", table.schema)
-            writer.write_table(table)
-            rows += len(features)
-        writer.close()
-        counts[part] = rows
+    rows_per_origin = dataset["report"]["series"] * plan.horizon
+    share = min(1.0, params.split.max_train_rows / (rows_per_origin * len(plan.train_origins)))
+    parts = {
+        "train": (plan.train_origins, share),
+        "valid": ([plan.valid_origin], 1.0),
+        "holdout": ([plan.holdout_origin], 1.0),
+        "refit": (plan.refit_origins if params.split.refit else [], share),
+    }
+    counts = {
+        part: _write_examples(con, fs, holidays, keep, origins, share, paths.features / f"{part}.parquet")
+        for part, (origins, share) in parts.items()
+    }
     con.close()
     (paths.features / "feature_spec.json").write_text(fs.model_dump_json(indent=2))
-    return ", ".join(f"{part} {n:,}" for part, n in counts.items()) + f" rows × {len(fs.columns)} features"
+    sampled = f"; {share:.0%} of series per train origin (split.max_train_rows)" if share < 1 else ""
+    return ", ".join(f"{part} {n:,}" for part, n in counts.items()) + f" rows × {len(fs.columns)} features{sampled}"
+
+
+def _write_examples(con, fs, holidays, keep: list[str], origins: list[date], share: float, file: Path) -> int:
+    """Feature rows of `origins` appended to one Parquet file (an empty one for no origins)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cd4ml.data.schemas import check, feature_schema
+    from cd4ml.features import examples_at_origin
+
+    writer, rows = None, 0
+    for origin in origins:
+        features, labels = examples_at_origin(con, fs, "sales", origin, holidays, keep, share)
+        check(feature_schema(fs), features, f"{file.stem} features at origin {origin}")
+        table = pa.Table.from_pandas(pd.concat([labels, features], axis=1), preserve_index=False)
+        writer = writer or pq.ParquetWriter(file, table.schema)
+        writer.write_table(table)
+        rows += len(features)
+    if writer is None:
+        file.unlink(missing_ok=True)
+    else:
+        writer.close()
+    return rows
 
 
 def load_part(
@@ -223,6 +243,8 @@ def feature_spec(paths: Paths):
 
 
 def train(root: Path) -> str:
+    """Fit the model the gates will judge (early stopping on validation), then the one that ships:
+    the same settings refit on the newest origins as well (see `cd4ml.data.split`)."""
     import mlflow
 
     from cd4ml import tracking
@@ -235,13 +257,14 @@ def train(root: Path) -> str:
     model = make_model(params.model.type, params.model.chosen)
     with tracking.run(root, params.tracking.experiment) as active:
         model.fit(X, labels["sales"].to_numpy(), labels["weight"].to_numpy(), valid=(Xv, valid["sales"].to_numpy()))
-        model.save(paths.model)
-        (paths.model / "model.onnx").write_bytes(model.to_onnx(len(fs.columns)))
-        (paths.model / "feature_spec.json").write_text(fs.model_dump_json(indent=2))
+        _save_model(model, paths.model, fs)
+        del Xv, valid
+        refit = _refit(paths, model, fs, X, labels)
         dataset = _dataset(paths)
         hashes = tracking.stage_hashes(root)
         mlflow.log_params(tracking.flatten(params.model_dump(mode="json", exclude={"model"})))
         mlflow.log_params(tracking.flatten({"model": {"type": params.model.type, **params.model.chosen}}))
+        mlflow.log_params(tracking.flatten({"refit": refit}))
         mlflow.set_tags(
             tracking.lineage(root, hashes.get("ingest:data/ingested", ""))
             | {"dataset": dataset["spec"]["name"], "model_family": params.model.type}
@@ -250,9 +273,38 @@ def train(root: Path) -> str:
         mlflow.log_artifact(str(paths.split), "data")
         if (root / "dvc.lock").exists():
             mlflow.log_artifact(str(root / "dvc.lock"), "lineage")
-        run = {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id}
+        run = {"run_id": active.info.run_id, "experiment_id": active.info.experiment_id, "refit": refit}
     _json(paths.run, run)
-    return f"{params.model.type} on {len(X):,} rows; MLflow run {run['run_id'][:8]}"
+    shipped = f"; refit on {refit['rows']:,} rows through {refit['through']}" if refit["rows"] > len(X) else ""
+    return f"{params.model.type} on {len(X):,} rows{shipped}; MLflow run {run['run_id'][:8]}"
+
+
+def _save_model(model, directory: Path, fs) -> None:
+    model.save(directory)
+    (directory / "model.onnx").write_bytes(model.to_onnx(len(fs.columns)))
+    (directory / "feature_spec.json").write_text(fs.model_dump_json(indent=2))
+
+
+def _refit(paths: Paths, model, fs, X: pd.DataFrame, labels: pd.DataFrame) -> dict:
+    """Write the shipped model: `model` refit on the training and the newest origins, or `model`
+    itself when the split has no refit origins (`split.refit: false`)."""
+    import shutil
+
+    from cd4ml.data.split import Split
+
+    plan = Split.model_validate_json(paths.split.read_text())
+    newest = plan.train_origins[-1]
+    if (paths.features / "refit.parquet").exists():
+        Xr, recent = load_part(paths, "refit", fs.columns, labels=["sales", "weight"])
+        X, labels = pd.concat([X, Xr], ignore_index=True), pd.concat([labels, recent], ignore_index=True)
+        shipped = model.unstopped().fit(X, labels["sales"].to_numpy(), labels["weight"].to_numpy())
+        _save_model(shipped, paths.shipped, fs)
+        newest = plan.refit_origins[-1]
+    else:
+        shutil.rmtree(paths.shipped, ignore_errors=True)
+        shutil.copytree(paths.model, paths.shipped)
+    step = pd.Timedelta(days=plan.period_days)
+    return {"rows": len(X), "through": str((pd.Timestamp(newest) + plan.horizon * step).date())}
 
 
 def evaluate(root: Path) -> str:
@@ -310,12 +362,12 @@ def evaluate(root: Path) -> str:
 
 
 def gate(root: Path) -> str:
-    """Package the bundle and run every promotion check; a failure stops the run with exit 3."""
+    """Run every promotion check on the held-out model and package the bundle of the model that
+    ships; the bundle is logged to the run even when a check fails (exit 3), so it stays usable."""
     import mlflow
 
     from cd4ml import gates, tracking
-    from cd4ml.bundle import reference_features, series_data, write_bundle
-    from cd4ml.data.schemas import input_schema
+    from cd4ml.bundle import series_data
     from cd4ml.data.split import Split
     from cd4ml.models import load_model
     from cd4ml.scoring import Predictor, Scorer
@@ -324,7 +376,6 @@ def gate(root: Path) -> str:
     p = params.gates
     fs = feature_spec(paths)
     plan = Split.model_validate_json(paths.split.read_text())
-    dataset = _dataset(paths)
     data = series_data(
         paths.ingested / "sales.parquet", pd.read_parquet(paths.ingested / "holidays.parquet"), fs, plan.holdout_origin
     )
@@ -335,94 +386,134 @@ def gate(root: Path) -> str:
         data.history[["date", *fs.series_keys, *fs.covariates]], on=["date", *fs.series_keys], how="left"
     )
     holdout = pd.concat([holdout, rows[fs.covariates]], axis=1)
-    serving = Scorer(Predictor.read(paths.model), data, plan.holdout_origin)
+    serving = Scorer(Predictor.read(paths.shipped), data, plan.holdout_origin)
     serving_X = serving.features(serving.validate(holdout[["date", *fs.series_keys, *fs.covariates]]))
     checks = [
         *gates.absolute(metrics["model"], p),
         gates.beats_baseline(metrics["model"]["nwrmsle"], metrics["baseline"]["nwrmsle"], p),
     ]
     champion = _rescored_champion(root, params, data, holdout, plan.holdout_origin)
-    checks.append(
-        gates.not_worse_than_champion(
-            metrics["model"]["nwrmsle"], champion and champion[1], champion and champion[0], p
-        )
-    )
-    slices = dataset["spec"]["slices"]
+    checks.append(gates.not_worse_than_champion(champion, p))
+    slices = _dataset(paths)["spec"]["slices"]
     checks.append(gates.slice_degradation(holdout, slices, "baseline", "seasonal naive", p))
-    if champion:
-        checks.append(
-            gates.slice_degradation(
-                holdout.assign(champion=champion[2]), slices, "champion", f"champion v{champion[0]}", p
-            )
-        )
-    # the ONNX file that will ship, scored now: evaluate's predictions may come from another file
+    if champion.predictions is not None:
+        judged = holdout.loc[champion.rows].assign(champion=champion.predictions)
+        checks.append(gates.slice_degradation(judged, slices, "champion", f"champion v{champion.version}", p))
+    # the ONNX file that will ship, scored now: evaluate's predictions come from the held-out fit
     shipped = serving.predictor.predict_features(X)
-    checks.append(gates.onnx_parity(load_model(paths.model).predict(X), shipped, p))
+    checks.append(gates.onnx_parity(load_model(paths.shipped).predict(X), shipped, p))
     status = json.loads((paths.reports / "validation.json").read_text())["status"]
     checks += [gates.data_valid(status), gates.contract(X, serving_X)]
     result = gates.report(checks)
     _json(paths.reports / "gates.json", result)
-    key_types = {k: str(data.series[k].dtype) for k in fs.series_keys}
+    _write_bundle(root, paths, params, fs, plan, data, holdout, metrics, shipped)
     run_id = tracking.read_run(paths.run)["run_id"]
     with tracking.run(root, params.tracking.experiment, run_id):
         mlflow.log_dict(result, "gates/gates.json")
         mlflow.set_tag("gate", "passed" if result["passed"] else "failed")
+    _log_bundle(root, paths, fs, run_id)
     failed = [gates.Check(**c) for c in result["checks"] if not c["passed"]]
     if failed:
         raise gates.GateFailed(failed)
+    return f"{len(checks)} checks passed"
+
+
+def _write_bundle(root: Path, paths: Paths, params, fs, plan, data, holdout, metrics, shipped) -> None:
+    """models/bundle: the shipped model, its data, the gated metrics and what the shipped model
+    scores on the holdout (in-sample once refit; `cd4ml verify` re-checks that)."""
+    from cd4ml import tracking
+    from cd4ml.bundle import reference_features, write_bundle
+    from cd4ml.data.schemas import input_schema
+    from cd4ml.metrics import evaluate as score
+
+    dataset = _dataset(paths)
+    run = tracking.read_run(paths.run)
     lineage = tracking.lineage(root, tracking.stage_hashes(root).get("ingest:data/ingested", "")) | {
-        "run_id": run_id,
+        "run_id": run["run_id"],
         "params": params.model_dump(mode="json"),
         "dataset": dataset["spec"]["name"],
+        "gated": "the held-out fit: trained on origins before validation, judged on the holdout",
+        "refit": run.get("refit"),
     }
-    bundle_metrics = metrics | {"slices": json.loads((paths.reports / "slices.json").read_text())}
-    train_X = reference_features(paths.features / "train.parquet", fs.columns)
+    bundle_metrics = metrics | {
+        "shipped": score(holdout["sales"].to_numpy(), shipped, holdout["weight"].to_numpy()),
+        "slices": json.loads((paths.reports / "slices.json").read_text()),
+    }
+    key_types = {k: str(data.series[k].dtype) for k in fs.series_keys}
     write_bundle(
         root / "models" / "bundle",
-        paths.model,
+        paths.shipped,
         data,
-        train_X,
+        reference_features(paths.features / "train.parquet", fs.columns),
         holdout,
         plan.holdout_origin,
         bundle_metrics,
         lineage,
         input_schema(fs, key_types).to_json(),
+        dataset=dataset,
     )
-    return f"{len(checks)} checks passed"
+
+
+def _log_bundle(root: Path, paths: Paths, fs, run_id: str) -> None:
+    """Every trained model's bundle under its run (`runs:/<run_id>/model`), promoted or not."""
+    from cd4ml import tracking
+    from cd4ml.registry import log_bundle, signature
+
+    tracking.connect(root, load_params(paths.params).tracking.experiment)
+    bundle = root / "models" / "bundle"
+    history = pd.read_parquet(bundle / "series.parquet", columns=fs.series_keys)
+    key_types = {k: str(history[k].dtype) for k in fs.series_keys}
+    uri = log_bundle(run_id, bundle, signature(key_types, fs.covariates))
+    _json(paths.logged, {"model_uri": uri, "run_id": run_id})
 
 
 def _rescored_champion(root: Path, params, data, holdout: pd.DataFrame, origin):
-    """(version, NWRMSLE, predictions) of the current champion on this run's holdout, or None."""
+    """The current champion scored on the holdout rows it never trained on (all of them unless it
+    was refit on newer data than this run's), or — when it has seen them all — its own held-out
+    NWRMSLE, the estimate this run's model is judged by as well."""
+    from cd4ml.bundle import recorded_metrics
     from cd4ml.config import tracking_uri
+    from cd4ml.gates import ChampionScore
     from cd4ml.metrics import nwrmsle
     from cd4ml.registry import CHAMPION, Registry, download_bundle
     from cd4ml.scoring import Predictor, Scorer
 
+    model = json.loads((Paths(root).reports / "metrics.json").read_text())["model"]["nwrmsle"]
     registry = Registry(tracking_uri(root), params.registry.model_name)
     version = registry.alias(CHAMPION)
     if version is None:
-        return None
+        return ChampionScore(model)
     bundle = download_bundle(
         f"models:/{params.registry.model_name}/{version}", tracking_uri(root), root / ".cd4ml" / "champion"
     )
+    through = (json.loads((bundle / "lineage.json").read_text()).get("refit") or {}).get("through")
+    unseen = (pd.to_datetime(holdout["date"]) > pd.Timestamp(through)).to_numpy() if through else None
+    if unseen is not None and not unseen.any():
+        recorded = recorded_metrics(bundle)["model"]["nwrmsle"]
+        return ChampionScore(model, version, recorded, detail="both held out (the champion was refit on this holdout)")
+    rows = holdout if unseen is None else holdout.loc[unseen]
     champion = Scorer(Predictor.read(bundle), data, origin)
-    predictions = champion.predict(holdout[["date", *champion.spec.series_keys, *champion.spec.covariates]])
-    return version, nwrmsle(holdout["sales"], predictions, holdout["weight"]), predictions
+    predictions = champion.predict(rows[["date", *champion.spec.series_keys, *champion.spec.covariates]])
+    a, w = rows["sales"], rows["weight"]
+    return ChampionScore(
+        nwrmsle(a, rows["prediction"], w),
+        version,
+        nwrmsle(a, predictions, w),
+        predictions,
+        rows.index.to_numpy(),
+        f"re-scored on {len(rows):,} holdout rows neither model trained on",
+    )
 
 
 def register(root: Path) -> str:
-    """Publish the gated bundle: the first becomes champion, later ones challenger."""
+    """Register the gated bundle logged by the gate stage: the first becomes champion, later ones challenger."""
     from cd4ml import tracking
     from cd4ml.config import tracking_uri
-    from cd4ml.registry import CHALLENGER, CHAMPION, Registry, log_bundle, signature
+    from cd4ml.registry import CHALLENGER, CHAMPION, Registry
 
     paths, params = Paths(root), load_params(Paths(root).params)
     run_id = tracking.read_run(paths.run)["run_id"]
-    tracking.connect(root, params.tracking.experiment)
-    fs = feature_spec(paths)
-    history = pd.read_parquet(root / "models" / "bundle" / "series.parquet", columns=fs.series_keys)
-    key_types = {k: str(history[k].dtype) for k in fs.series_keys}
-    uri = log_bundle(run_id, root / "models" / "bundle", signature(key_types, fs.covariates))
+    uri = json.loads(paths.logged.read_text())["model_uri"]
     registry = Registry(tracking_uri(root), params.registry.model_name)
     metrics = json.loads((paths.reports / "metrics.json").read_text())["model"]
     tags = {"gate": "passed", "run_id": run_id, **{f"holdout.{k}": f"{v:.4f}" for k, v in metrics.items()}}

@@ -88,7 +88,7 @@ def snapshot_bundle(base_bundle: Path, target: Path, learner: OnlineLearner) -> 
     weights, bias = learner.coefficients()
     (target / "model.onnx").write_bytes(corrected_onnx((base_bundle / "model.onnx").read_bytes(), weights, bias))
     metrics = json.loads((target / "metrics.json").read_text())
-    metrics["model"] = rescore_holdout(target)
+    metrics["model"] = metrics["shipped"] = rescore_holdout(target)
     metrics["online"] = {"updates": learner.updates, "base": str(base_bundle)}
     (target / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return target
