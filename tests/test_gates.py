@@ -41,21 +41,21 @@ def test_absolute_bounds_pass_a_good_model_and_fail_each_bound_on_its_own() -> N
 
 
 def test_baseline_gain_needs_the_configured_improvement() -> None:
-    assert gates.beats_baseline(0.90, 1.0, P).passed  # 10 % better
-    barely_short = gates.beats_baseline(0.9503, 1.0, P)  # 4.97 % better
+    assert gates.beats_baseline(0.90, 1.0, 3, P).passed  # 10 % better
+    barely_short = gates.beats_baseline(0.9503, 1.0, 3, P)  # 4.97 % better
     assert not barely_short.passed
     assert barely_short.value == "4.97%"  # shown precisely enough to see why it failed
-    assert not gates.beats_baseline(1.1, 1.0, P).passed  # worse than seasonal naive
+    assert not gates.beats_baseline(1.1, 1.0, 3, P).passed  # worse than seasonal naive
     assert gates.relative_gain(0.5, 0.0) == 0.0  # a perfect baseline leaves nothing to gain
 
 
 def test_champion_check_allows_the_tolerance_and_names_the_rescored_champion() -> None:
-    first = gates.not_worse_than_champion(0.7, None, None, P)
+    first = gates.not_worse_than_champion(gates.ChampionScore(0.7), P)
     assert first.passed and first.detail == "first model"
-    within = gates.not_worse_than_champion(0.5095, 0.50, "3", P)  # 1.9 % worse: tolerated
-    assert within.passed
-    assert "champion v3 0.5000 re-scored on this holdout" in within.detail
-    worse = gates.not_worse_than_champion(0.52, 0.50, "3", P)  # 4 % worse
+    within = gates.not_worse_than_champion(gates.ChampionScore(0.5095, "3", 0.50, detail="re-scored"), P)
+    assert within.passed  # 1.9 % worse: tolerated
+    assert "champion v3 0.5000, re-scored" in within.detail
+    worse = gates.not_worse_than_champion(gates.ChampionScore(0.52, "3", 0.50), P)  # 4 % worse
     assert not worse.passed and worse.value == "-4.00%"
 
 
@@ -213,7 +213,7 @@ def test_tampered_onnx_file_fails_the_parity_gate(workdir: Path, monkeypatch: py
     fs = feature_spec(paths)
     X, labels = load_part(paths, "holdout", fs.columns)
     other = SeasonalNaive().fit(X, labels["sales"].to_numpy())
-    (paths.model / "model.onnx").write_bytes(other.to_onnx(len(fs.columns)))
+    (paths.shipped / "model.onnx").write_bytes(other.to_onnx(len(fs.columns)))  # the file that ships
 
     with pytest.raises(GateFailed) as failure:
         gate(workdir)
@@ -269,15 +269,19 @@ def test_second_passing_model_is_compared_to_the_rescored_champion_and_becomes_c
     champion_check = by_name(report["checks"])["vs champion"]
     assert champion_check["passed"]
     assert "vs champion v1" in champion_check["detail"]
-    assert "re-scored on this holdout" in champion_check["detail"]
+    assert "holdout rows neither model trained on" in champion_check["detail"]
     assert "slices vs champion v1" in by_name(report["checks"])
     rescored = float(champion_check["detail"].split("champion v1 ")[1].split()[0])
 
-    # the champion's own bundle, scored on the new run's holdout, gives the number the gate used
+    # the champion's own bundle, scored on the new holdout's rows after the data it was refit on,
+    # gives the number the gate used
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     champion = download_bundle(f"models:/{MODEL}/1", uri, workdir / "v1")
+    through = json.loads((champion / "lineage.json").read_text())["refit"]["through"]
     new_bundle = workdir / "models" / "bundle"
     holdout = pd.read_parquet(new_bundle / "holdout.parquet")
+    holdout = holdout[pd.to_datetime(holdout["date"]) > pd.Timestamp(through)]
+    assert len(holdout) > 0 and f"re-scored on {len(holdout):,} holdout rows" in champion_check["detail"]
     scorer = Scorer(Predictor.read(champion), SeriesData.read(new_bundle), holdout_origin(new_bundle))
     rows = holdout[["date", *scorer.spec.series_keys, *scorer.spec.covariates]]
     expected = nwrmsle(holdout["sales"], scorer.predict(rows), holdout["weight"])

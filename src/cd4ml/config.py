@@ -50,8 +50,11 @@ class FeatureParams(_Strict):
     weekday_weeks: list[int] = [4, 12]
 
 
+ModelFamily = Literal["lightgbm", "random_forest", "decision_tree", "seasonal_naive"]
+
+
 class ModelParams(_Strict):
-    type: Literal["lightgbm", "random_forest", "decision_tree", "seasonal_naive"] = "lightgbm"
+    type: ModelFamily = "lightgbm"
     lightgbm: dict[str, Any] = {}
     random_forest: dict[str, Any] = {}
     decision_tree: dict[str, Any] = {}
@@ -60,6 +63,11 @@ class ModelParams(_Strict):
     @property
     def chosen(self) -> dict[str, Any]:
         return getattr(self, self.type)
+
+
+class BacktestParams(_Strict):
+    folds: int = Field(3, ge=1)  # forecast origins the gates judge, one horizon apart; 1: the holdout alone
+    models: list[ModelFamily] = []  # more families to compare in reports/backtest.json
 
 
 class EvaluateParams(_Strict):
@@ -92,6 +100,7 @@ class Params(_Strict):
     features: FeatureParams = FeatureParams()
     model: ModelParams = ModelParams()
     evaluate: EvaluateParams = EvaluateParams()
+    backtest: BacktestParams = BacktestParams()
     tracking: TrackingParams = TrackingParams()
     gates: GateParams = GateParams()
     registry: RegistryParams = RegistryParams()

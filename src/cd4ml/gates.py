@@ -46,14 +46,15 @@ def relative_gain(model: float, reference: float) -> float:
     return (reference - model) / reference if reference > 0 else 0.0
 
 
-def beats_baseline(model: float, baseline: float, p: GateParams) -> Check:
+def beats_baseline(model: float, baseline: float, folds: int, p: GateParams) -> Check:
+    """Mean NWRMSLE over the backtest's folds against seasonal naive's on the same rows."""
     gain = relative_gain(model, baseline)
     return Check(
         "gain over seasonal naive",
         f"{gain:.2%}",
         f"≥ {p.min_gain_over_baseline:.0%}",
         gain >= p.min_gain_over_baseline,
-        f"NWRMSLE {model:.4f} vs {baseline:.4f}",
+        f"mean NWRMSLE over {folds} fold(s) {model:.4f} vs {baseline:.4f}",
     )
 
 

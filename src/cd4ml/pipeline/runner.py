@@ -109,8 +109,9 @@ def prepare(workdir: Path, data: str | None, overrides: list[str]) -> list[tuple
     return applied
 
 
-def run_pipeline(workdir: Path, on_stage=None) -> list[StageResult]:
-    """Reproduce every stage in order; `on_stage(name)` is called before each starts."""
+def run_pipeline(workdir: Path, on_stage=None, last_stage: str | None = None) -> list[StageResult]:
+    """Reproduce every stage in order, up to `last_stage` if given; `on_stage(name)` is called
+    before each starts."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
@@ -122,6 +123,11 @@ def run_pipeline(workdir: Path, on_stage=None) -> list[StageResult]:
     results = []
     with Repo(str(workdir)) as repo:
         names = stage_names(workdir)
+        if last_stage is not None:
+            if last_stage not in names:
+                older = f"{workdir / 'dvc.yaml'} has no '{last_stage}' stage (older cd4ml)"
+                raise PipelineFailed(last_stage, 2, f"{older}: delete it to get the current one")
+            names = names[: names.index(last_stage) + 1]
         first = _first_changed(repo, names)
         for index, name in enumerate(names):
             if on_stage:
