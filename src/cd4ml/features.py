@@ -13,7 +13,7 @@ One global model forecasts every horizon directly (no recursion, so no compoundi
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import date, timedelta
+from datetime import date
 
 import duckdb
 import numpy as np
@@ -101,11 +101,21 @@ def _quoted(columns: Iterable[str]) -> str:
     return ", ".join(f'"{c}"' for c in columns)
 
 
-def state_sql(fs: FeatureSpec, relation: str, origin: date) -> str:
-    """SQL for the series state at `origin`, reading only rows dated at or before it."""
+ORIGIN = "forecast_origin"  # the origin of each row when rows of several origins are computed at once
+
+
+def _origins(origins: list[date]) -> str:
+    """The origins as a relation with one column, ORIGIN."""
+    values = ", ".join(f"(DATE '{o.isoformat()}')" for o in origins)
+    return f"(VALUES {values}) AS origins({ORIGIN})"
+
+
+def state_sql(fs: FeatureSpec, relation: str, origins: list[date]) -> str:
+    """SQL for the series state at each origin (column ORIGIN), reading only rows dated at or
+    before it; one query for many origins costs little more than one for a single origin."""
     p = fs.period_days
     span = max([*fs.windows, fs.season_length, *(w * 7 // p for w in fs.weekday_weeks)]) * p
-    o = f"DATE '{origin.isoformat()}'"
+    o = f"origins.{ORIGIN}"
     ly = "ln(1 + greatest(sales, 0))"
     parts = []
     for w in fs.windows:
@@ -134,13 +144,14 @@ def state_sql(fs: FeatureSpec, relation: str, origin: date) -> str:
     ]
     keys = _quoted(fs.series_keys)
     return (
-        f"SELECT {keys}, {', '.join(parts)} FROM {relation} "
-        f"WHERE date <= {o} AND date > {o} - INTERVAL {span} DAY GROUP BY {keys}"
+        f"SELECT {keys}, {o}, {', '.join(parts)} FROM {relation} JOIN {_origins(origins)} "
+        f"ON date <= {o} AND date > {o} - INTERVAL {span} DAY GROUP BY {keys}, {o}"
     )
 
 
 def series_state(con: duckdb.DuckDBPyConnection, fs: FeatureSpec, relation: str, origin: date) -> pd.DataFrame:
-    return con.execute(state_sql(fs, relation, origin)).df()
+    """The state of every series with history at one origin."""
+    return con.execute(state_sql(fs, relation, [origin])).df().drop(columns=ORIGIN)
 
 
 def _period_end(dates: pd.Series, fs: FeatureSpec) -> pd.Series:
@@ -182,19 +193,22 @@ def encode(values: pd.Series, vocabulary: list[str]) -> np.ndarray:
 def row_features(
     targets: pd.DataFrame,
     state: pd.DataFrame,
-    origin: date,
+    origin: date | None,
     holidays: tuple[pd.Series, pd.Series],
     fs: FeatureSpec,
 ) -> pd.DataFrame:
     """Features of target rows (keys, date, covariates, attributes) forecast from `origin`.
 
     `state` must hold one row per series of `targets` (see `series_state`); rows of series
-    without state get the state of a series with no history.
+    without state get the state of a series with no history. `origin` None: each row's origin
+    is its ORIGIN column, and `state` holds one row per series and origin.
     """
-    frame = targets.merge(state, on=fs.series_keys, how="left", validate="many_to_one")
+    on = fs.series_keys if origin is not None else [*fs.series_keys, ORIGIN]
+    frame = targets.merge(state, on=on, how="left", validate="many_to_one")
     dates = pd.to_datetime(frame["date"])
+    origins = pd.Timestamp(origin) if origin is not None else pd.to_datetime(frame[ORIGIN])
     out = pd.DataFrame(index=frame.index)
-    out["horizon"] = ((dates - pd.Timestamp(origin)).dt.days // fs.period_days).astype(np.float32)
+    out["horizon"] = ((dates - origins).dt.days // fs.period_days).astype(np.float32)
     out["dayofweek"] = dates.dt.weekday
     out["day"] = dates.dt.day
     out["month"] = dates.dt.month
@@ -254,10 +268,41 @@ def seasonal_naive(frame: pd.DataFrame) -> np.ndarray:
     return np.expm1(frame["seasonal_naive_log"].to_numpy(np.float64))
 
 
-def target_rows_sql(fs: FeatureSpec, relation: str, origin: date, columns: list[str]) -> str:
-    o = f"DATE '{origin.isoformat()}'"
-    end = origin + timedelta(days=fs.horizon * fs.period_days)
-    return f"SELECT {_quoted(columns)} FROM {relation} WHERE date > {o} AND date <= DATE '{end.isoformat()}'"
+def target_rows_sql(fs: FeatureSpec, relation: str, origins: list[date], columns: list[str]) -> str:
+    """The rows of the horizon after each origin, with their ORIGIN."""
+    o = f"origins.{ORIGIN}"
+    end = f"{o} + INTERVAL {fs.horizon * fs.period_days} DAY"
+    return f"SELECT {o}, {_quoted(columns)} FROM {relation} JOIN {_origins(origins)} ON date > {o} AND date <= {end}"
+
+
+def examples_at_origins(
+    con: duckdb.DuckDBPyConnection,
+    fs: FeatureSpec,
+    relation: str,
+    origins: list[date],
+    holidays: tuple[pd.Series, pd.Series],
+    keep: list[str],
+    share: float = 1.0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Labelled rows for the horizon after each origin: (features, target rows with `keep` columns
+    and their `origin`).
+
+    Only series with history at an origin are forecast from it, as in production; `share` < 1
+    keeps that share of them, drawn anew for each origin (a row budget for many origins).
+    """
+    state = con.execute(state_sql(fs, relation, origins)).df()
+    if share < 1:
+        state = pd.concat(
+            [part.sample(frac=share, random_state=o.toordinal()) for o, part in state.groupby(ORIGIN)],
+            ignore_index=True,
+        )
+    columns = list(dict.fromkeys(["date", *fs.series_keys, *fs.covariates, *fs.attributes, *keep]))
+    targets = con.execute(target_rows_sql(fs, relation, origins, columns)).df()
+    targets = targets.merge(state[[*fs.series_keys, ORIGIN]], on=[*fs.series_keys, ORIGIN], how="inner")
+    features = row_features(targets, state, None, holidays, fs)
+    labels = targets[list(dict.fromkeys(["date", *fs.series_keys, *keep]))].copy()
+    labels["origin"] = pd.to_datetime(targets[ORIGIN])
+    return features, labels
 
 
 def examples_at_origin(
@@ -267,20 +312,6 @@ def examples_at_origin(
     origin: date,
     holidays: tuple[pd.Series, pd.Series],
     keep: list[str],
-    share: float = 1.0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Labelled rows for the horizon after `origin`: (features, target rows with `keep` columns).
-
-    Only series with history at the origin are forecast, as in production; `share` < 1 keeps
-    that share of them, drawn anew for each origin (a row budget for many training origins).
-    """
-    state = series_state(con, fs, relation, origin)
-    if share < 1:
-        state = state.sample(frac=share, random_state=origin.toordinal())
-    columns = list(dict.fromkeys(["date", *fs.series_keys, *fs.covariates, *fs.attributes, *keep]))
-    targets = con.execute(target_rows_sql(fs, relation, origin, columns)).df()
-    targets = targets.merge(state[fs.series_keys], on=fs.series_keys, how="inner")
-    features = row_features(targets, state, origin, holidays, fs)
-    labels = targets[list(dict.fromkeys(["date", *fs.series_keys, *keep]))].copy()
-    labels["origin"] = pd.Timestamp(origin)
-    return features, labels
+    """Labelled rows for the horizon after one origin (see `examples_at_origins`)."""
+    return examples_at_origins(con, fs, relation, [origin], holidays, keep)

@@ -96,7 +96,7 @@ def _score_fold(con, fs, holidays, dataset: dict, plan, params, families: list[s
     keep = ["sales", "weight"]
 
     def part(origins: list, fraction: float, name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-        frames = list(examples(con, fs, holidays, keep, origins, fraction, name))
+        frames = list(examples(con, fs, holidays, keep, origins, fraction, name, dataset["report"]["series"]))
         return pd.concat([f for f, _ in frames], ignore_index=True), pd.concat(
             [y for _, y in frames], ignore_index=True
         )

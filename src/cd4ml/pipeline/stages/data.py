@@ -155,6 +155,7 @@ def featurize(root: Path) -> str:
     keep = list(dict.fromkeys(["sales", "weight", *dataset["spec"]["slices"]]))
     paths.features.mkdir(parents=True, exist_ok=True)
     share = train_share(dataset, plan, params.split.max_train_rows)
+    series = dataset["report"]["series"]
     parts = {
         "train": (plan.train_origins, share),
         "valid": ([plan.valid_origin], 1.0),
@@ -162,7 +163,7 @@ def featurize(root: Path) -> str:
         "refit": (plan.refit_origins if params.split.refit else [], share),
     }
     counts = {
-        part: _write_examples(con, fs, holidays, keep, origins, share, paths.features / f"{part}.parquet")
+        part: _write_examples(con, fs, holidays, keep, origins, share, paths.features / f"{part}.parquet", series)
         for part, (origins, share) in parts.items()
     }
     con.close()
@@ -186,24 +187,34 @@ def connect_sales(root: Path, memory_limit: str):
     return con
 
 
-def examples(con, fs, holidays, keep: list[str], origins: list[date], share: float, part: str):
-    """(features, labels) of each origin in turn, features checked against the feature schema."""
-    from cd4ml.data.schemas import check, feature_schema
-    from cd4ml.features import examples_at_origin
+BATCH_ROWS = 250_000
 
-    for origin in origins:
-        features, labels = examples_at_origin(con, fs, "sales", origin, holidays, keep, share)
-        check(feature_schema(fs), features, f"{part} features at origin {origin}")
+
+def examples(con, fs, holidays, keep: list[str], origins: list[date], share: float, part: str, series: int):
+    """(features, labels) of batches of origins of about BATCH_ROWS rows (`series` per origin at
+    most), checked against the feature schema: one state query and one schema check per batch,
+    not per origin (each costs ~70 ms whatever its size: most of featurize's time for 84 small
+    origins)."""
+    from cd4ml.data.schemas import check, feature_schema
+    from cd4ml.features import examples_at_origins
+
+    size = max(1, int(BATCH_ROWS / max(1.0, series * fs.horizon * share)))
+    for start in range(0, len(origins), size):
+        batch = origins[start : start + size]
+        features, labels = examples_at_origins(con, fs, "sales", batch, holidays, keep, share)
+        check(feature_schema(fs), features, f"{part} features at origins {batch[0]}..{batch[-1]}")
         yield features, labels
 
 
-def _write_examples(con, fs, holidays, keep: list[str], origins: list[date], share: float, file: Path) -> int:
+def _write_examples(
+    con, fs, holidays, keep: list[str], origins: list[date], share: float, file: Path, series: int
+) -> int:
     """Feature rows of `origins` appended to one Parquet file (none for no origins)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     writer, rows = None, 0
-    for features, labels in examples(con, fs, holidays, keep, origins, share, file.stem):
+    for features, labels in examples(con, fs, holidays, keep, origins, share, file.stem, series):
         table = pa.Table.from_pandas(pd.concat([labels, features], axis=1), preserve_index=False)
         writer = writer or pq.ParquetWriter(file, table.schema)
         writer.write_table(table)
