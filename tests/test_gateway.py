@@ -263,7 +263,7 @@ def test_served_predictions_equal_batch_predictions(
     assert batch[["store_nbr", "item_nbr"]].to_dict("records") == [
         {"store_nbr": r["store_nbr"], "item_nbr": r["item_nbr"]} for r in rows
     ]
-    assert batch["prediction"].tolist() == served
+    assert batch["unit_sales"].tolist() == served  # batch writes under the data's target name
 
 
 # ------------------------------------------------------- the /predict fast path

@@ -8,6 +8,7 @@ reference_profile.json       training feature distribution (drift detection)
 reference_sample.parquet     a sample of training features (drift reports)
 holdout.parquet, metrics.json   holdout rows, predictions and metrics (for `verify`)
 lineage.json                 data hash, params, git commit, dvc.lock hashes, run id
+dataset.json                 the dataset's spec and ingest report (its column names, date format)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from cd4ml.features import FeatureSpec
-from cd4ml.scoring import Predictor, Scorer, SeriesData
+from cd4ml.scoring import Predictor, RowFormat, Scorer, SeriesData
 
 REFERENCE_ROWS = 20_000
 
@@ -92,6 +93,7 @@ def write_bundle(
     metrics: dict[str, Any],
     lineage: dict[str, Any],
     input_schema_json: str,
+    dataset: dict[str, Any] | None = None,
 ) -> Path:
     if directory.exists():
         shutil.rmtree(directory)
@@ -106,10 +108,41 @@ def write_bundle(
     (directory / "reference_profile.json").write_text(json.dumps(reference_profile(train_features)))
     holdout.to_parquet(directory / "holdout.parquet", index=False)
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if dataset is not None:
+        (directory / "dataset.json").write_text(json.dumps(dataset, indent=2, default=str))
     (directory / "lineage.json").write_text(
         json.dumps(lineage | {"holdout_origin": holdout_origin.isoformat()}, indent=2, default=str)
     )
     return directory
+
+
+def dataset_spec(directory: Path) -> dict[str, Any] | None:
+    """The ingest stage's dataset description the bundle was trained on ({"spec", "attributes",
+    "report"}), or None for bundles written before bundles carried it."""
+    path = directory / "dataset.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def row_format(directory: Path) -> RowFormat:
+    """How the bundle's dataset names and writes its rows; older bundles: `date`, ISO, `prediction`.
+
+    A covariate is optional when training never saw a value for it: empty in every ingested
+    row, or 0 in every row of the training feature profile (a sample of at most 200,000 rows).
+    """
+    dataset = dataset_spec(directory)
+    if dataset is None:
+        return RowFormat()
+    spec, report = dataset["spec"], dataset.get("report", {})
+    empty = {c for c, n in report.get("empty_covariates_filled", {}).items() if n and n == report.get("rows_read")}
+    profile = json.loads((directory / "reference_profile.json").read_text())["features"]
+    zero = {c for c in spec["covariates"] if c in profile and profile[c]["min"] == profile[c]["max"] == 0}
+    return RowFormat(
+        date_column=spec["date_column"],
+        # a spec without a format had one detected at ingest: that is how its dates are written
+        date_format=spec.get("date_format") or report.get("date_format") or None,
+        target=spec["target"],
+        optional_covariates=frozenset(empty | zero),
+    )
 
 
 def holdout_origin(directory: Path) -> date:
@@ -137,7 +170,8 @@ def rescore_holdout(directory: Path) -> dict[str, float]:
 
 def verify(directory: Path, tolerance: float = 1e-9) -> list[tuple[str, float, float, bool]]:
     """(metric, recorded, re-scored, matches) for every recorded holdout metric."""
-    recorded = recorded_metrics(directory)["model"]
+    metrics = recorded_metrics(directory)
+    recorded = metrics.get("shipped", metrics["model"])  # bundles before the refit shipped the gated model
     rescored = rescore_holdout(directory)
     return [
         (

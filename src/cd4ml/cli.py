@@ -6,6 +6,7 @@ import os
 import sys
 from datetime import date
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.console import Console
@@ -95,14 +96,18 @@ def stage(name: str, workdir: Path = WORKDIR) -> None:
     if name not in STAGES:
         fail(f"unknown stage '{name}'; stages: {', '.join(STAGES)}", 2)
     workdir = workdir.resolve()
+    from cd4ml.config import Paths, tracking_uri
     from cd4ml.gates import EXIT_GATE_FAILED, GateFailed
+    from cd4ml.registry import kept_model_note
+    from cd4ml.tracking import read_run
 
     try:
         summary = STAGES[name](workdir)
     except GateFailed as exc:
-        record_failure(workdir, name, EXIT_GATE_FAILED, "gates failed (see reports/gates.json); no alias moved")
+        kept = kept_model_note(tracking_uri(workdir), read_run(Paths(workdir).run)["run_id"])
+        record_failure(workdir, name, EXIT_GATE_FAILED, f"gates failed (see reports/gates.json); no alias moved{kept}")
         _print_gates(workdir)
-        fail(f"promotion gates failed: {exc}", EXIT_GATE_FAILED)
+        fail(f"promotion gates failed: {exc}{kept}", EXIT_GATE_FAILED)
     except (DataValidationError, SpecError) as exc:
         record_failure(workdir, name, EXIT_INVALID_DATA, "invalid data (see reports/validation.json)")
         fail(f"invalid data, nothing downstream runs:\n{exc}", EXIT_INVALID_DATA)
@@ -165,7 +170,13 @@ def data_sample(
     console.print(table)
 
 
-MODEL = typer.Option(None, "--model", "-m", help="Bundle folder or model URI; default: the registry's champion.")
+MODEL = typer.Option(
+    None,
+    "--model",
+    "-m",
+    help="Bundle folder, model URI (models:/name@alias, runs:/<run_id>) or `last` (the newest run's model, "
+    "promoted or not); default: the registry's champion.",
+)
 REASON = typer.Option("", "--reason", help="Why: kept in the alias history.")
 
 
@@ -185,13 +196,21 @@ def _registry(workdir: Path):
 
 def _bundle(workdir: Path, model: str | None) -> Path:
     """A bundle folder; the tracking store is opened only for a model URI (a local bundle
-    must not create an mlflow.db in the work directory)."""
-    from cd4ml.config import Paths, tracking_uri
-    from cd4ml.registry import CHAMPION, RegistryError, resolve_bundle
+    must not create an mlflow.db in the work directory). A run's model that is not a
+    registered version (`runs:/<id>`, `last`) is usable, with a warning."""
+    from cd4ml.config import Params, Paths, load_params, tracking_uri
+    from cd4ml.registry import CHAMPION, RegistryError, last_run_with_model, resolve_bundle, run_of, unregistered_reason
 
-    uri = model or f"models:/{_model_name(workdir)}@{CHAMPION}"
+    store, uri = tracking_uri(workdir.resolve()), model or f"models:/{_model_name(workdir)}@{CHAMPION}"
     try:
-        return resolve_bundle(uri, tracking_uri(workdir.resolve()), Paths(workdir.resolve()).cache / "models")
+        if uri == "last":
+            file = workdir.resolve() / "params.yaml"
+            experiment = (load_params(file) if file.exists() else Params()).tracking.experiment
+            uri = f"runs:/{last_run_with_model(store, experiment)}"
+        bundle = resolve_bundle(uri, store, Paths(workdir.resolve()).cache / "models")
+        if (run_id := run_of(uri)) and (why := unregistered_reason(store, run_id)):
+            errors.print(f"[bold yellow]warning:[/] {why}", highlight=False)
+        return bundle
     except RegistryError as exc:
         fail(str(exc), 2)
 
@@ -291,18 +310,26 @@ def verify(
 @app.command()
 def predict(
     input: Path = typer.Option(
-        ..., "--input", "-i", exists=True, dir_okay=False, help="CSV: series keys, date, covariates."
+        ..., "--input", "-i", exists=True, dir_okay=False, help="CSV: series keys, date, covariates, as in the data."
     ),
-    output: Path = typer.Option(..., "--output", "-o", help="CSV written with a prediction column."),
+    output: Path = typer.Option(
+        ..., "--output", "-o", help="CSV: the input rows, the forecast under the data's target name, `fallback`."
+    ),
     model: str | None = MODEL,
     origin: str | None = typer.Option(None, help="Forecast origin YYYY-MM-DD (default: the bundle's last actuals)."),
+    unknown: Literal["naive", "zero", "error"] = typer.Option(
+        "naive",
+        "--unknown",
+        help="Rows of a series the model never saw: `naive` (seasonal naive from the bundle's history, 0 without "
+        "history) or `zero`, flagged in the `fallback` column; `error` refuses the file.",
+    ),
     workdir: Path = WORKDIR,
 ) -> None:
     """Score rows with the champion (or --model) through the same feature code as training."""
     from rich.progress import Progress
 
-    from cd4ml.batch import predict_file
-    from cd4ml.bundle import scorer
+    from cd4ml.batch import OriginError, UnknownSeries, open_scorer, predict_file
+    from cd4ml.bundle import row_format
     from cd4ml.scoring import InputError
 
     bundle = _bundle(workdir, model)
@@ -310,16 +337,24 @@ def predict(
         start = date.fromisoformat(origin) if origin else None
     except ValueError:
         fail(f"--origin {origin!r} is not a date in YYYY-MM-DD form", 2)
-    score = scorer(bundle, start)
+    try:
+        score = open_scorer(bundle, start)
+    except OriginError as exc:
+        fail(str(exc), 2)
+    form = row_format(bundle)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("scoring", total=None)
         try:
-            result = predict_file(score, input, output, progress=lambda n: progress.advance(task, n))
+            result = predict_file(
+                score, input, output, form, UnknownSeries(unknown), lambda n: progress.advance(task, n)
+            )
         except InputError as exc:
             fail(f"cannot score {input}: {exc}", 2)
     console.print(
-        f"{result.rows:,} rows → {output} in {result.seconds:.2f} s "
-        f"({result.rows_per_second:,.0f} rows/s), origin {score.origin}, servable to {score.last_servable}"
+        f"{result.rows:,} rows → {output} ({form.target}) in {result.seconds:.2f} s "
+        f"({result.rows_per_second:,.0f} rows/s), origin {score.origin}, servable to {score.last_servable}; "
+        f"{result.fallback_summary}",
+        highlight=False,
     )
 
 

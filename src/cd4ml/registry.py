@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+RUN_MODEL = "model"  # the name a run's bundle is logged under: runs:/<run_id>/model
 RUNTIME_PACKAGES = [
     "pandas",
     "numpy",
@@ -77,7 +78,7 @@ def log_bundle(run_id: str, bundle_dir: Path, model_signature) -> str:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
-            name="model",
+            name=RUN_MODEL,
             python_model=pyfunc_model.__file__,
             artifacts={"bundle": str(bundle_dir)},
             code_paths=[str(Path(cd4ml.__file__).parent)],
@@ -236,8 +237,67 @@ def download_bundle(model_uri: str, tracking_uri: str, into: Path) -> Path:
     return bundle
 
 
+def run_of(model: str) -> str | None:
+    """The run a runs:/ URI names (runs:/<id> or runs:/<id>/model), else None."""
+    if not model.startswith("runs:/"):
+        return None
+    return model.removeprefix("runs:/").strip("/").split("/")[0] or None
+
+
+def run_has_model(tracking_uri: str, run_id: str) -> bool:
+    """Whether a run logged a bundle as its `model` (every trained model is, gated out or not)."""
+    import mlflow
+
+    client(tracking_uri)
+    run = mlflow.get_run(run_id)
+    found = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = '{RUN_MODEL}'",
+        max_results=1,
+        output_format="list",
+    )
+    return bool(found)
+
+
+def last_run_with_model(tracking_uri: str, experiment: str) -> str:
+    """The newest run of `experiment` whose bundle was logged: what `--model last` names."""
+    import mlflow
+
+    found = client(tracking_uri).get_experiment_by_name(experiment)
+    if found is None:
+        raise RegistryError(f"no experiment '{experiment}' in {tracking_uri}: run `cd4ml run` first")
+    logged = mlflow.search_logged_models(
+        experiment_ids=[found.experiment_id], filter_string=f"name = '{RUN_MODEL}'", output_format="list"
+    )
+    with_model = {m.source_run_id for m in logged if m.source_run_id}
+    if not with_model:
+        raise RegistryError(f"no run of experiment '{experiment}' has a model yet: run `cd4ml run` first")
+    runs = mlflow.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"], output_format="list")
+    return next(r.info.run_id for r in runs if r.info.run_id in with_model)
+
+
+def kept_model_note(tracking_uri: str, run_id: str) -> str:
+    """For a gated-out run's exit message: where its model was kept and how to use it."""
+    if not run_has_model(tracking_uri, run_id):
+        return ""
+    return (
+        f"; the model was kept as runs:/{run_id}/{RUN_MODEL} (not registered): "
+        f"use it with `cd4ml predict --model runs:/{run_id}` or `--model last`"
+    )
+
+
+def unregistered_reason(tracking_uri: str, run_id: str) -> str | None:
+    """Why a run's model is not a registered version (a warning for whoever uses it), or None."""
+    registry = client(tracking_uri)
+    if registry.search_model_versions(f"run_id = '{run_id}'"):
+        return None
+    if registry.get_run(run_id).data.tags.get("gate") == "failed":
+        return f"run {run_id} was not promoted (gate failed): its model is not a registered version"
+    return f"run {run_id} was not registered: its model is not a registered version"
+
+
 def resolve_bundle(model: str, tracking_uri: str, cache: Path) -> Path:
-    """A bundle folder from a local path, or from a registry URI (models:/name@alias, runs:/...)."""
+    """A bundle folder from a local path, or from a registry URI (models:/name@alias, runs:/<id>[/model])."""
     local = Path(model).expanduser()
     if (local / "feature_spec.json").exists():
         return local
@@ -253,6 +313,8 @@ def resolve_bundle(model: str, tracking_uri: str, cache: Path) -> Path:
         if version is None:
             raise RegistryError(f"{name} has no '{alias}' alias: run `cd4ml run` first")
         model = f"models:/{name}/{version}"
+    if (run_id := run_of(model)) and model.removeprefix("runs:/").strip("/") == run_id:
+        model = f"runs:/{run_id}/{RUN_MODEL}"
     folder = cache / hashlib.sha256(f"{tracking_uri}|{model}".encode()).hexdigest()[:16]
     try:
         return download_bundle(model, tracking_uri, folder)

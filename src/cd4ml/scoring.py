@@ -17,7 +17,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from cd4ml.features import FeatureSpec, holiday_counts, row_features, state_sql
+from cd4ml.features import FeatureSpec, holiday_counts, row_features, seasonal_naive, series_state
 
 
 class InputError(ValueError):
@@ -28,6 +28,45 @@ class InputError(ValueError):
         shown = "\n".join(f"  {unit} {r}: {f}: {why}" for r, f, why in problems[:5])
         more = f"\n  … and {len(problems) - 5} more" if len(problems) > 5 else ""
         super().__init__(f"{len(problems)} problem(s):\n{shown}{more}")
+
+
+@dataclass(frozen=True)
+class RowFormat:
+    """How a dataset's own rows look: its date column and format, its forecast column, and the
+    covariates rows may leave out because training only ever saw them empty (read as 0)."""
+
+    date_column: str = "date"
+    date_format: str | None = None  # strftime; None: ISO 8601 only
+    target: str = "prediction"
+    optional_covariates: frozenset[str] = frozenset()
+
+    def parse_dates(self, values: pd.Series) -> pd.Series:
+        """Dates in the dataset's format; ISO 8601 is always understood too (never ambiguous with it)."""
+        iso = pd.to_datetime(values, errors="coerce", format="ISO8601")
+        if self.date_format is None:
+            return iso
+        return pd.to_datetime(values, errors="coerce", format=self.date_format).fillna(iso)
+
+    @property
+    def date_hint(self) -> str:
+        return f"{self.date_format} or YYYY-MM-DD" if self.date_format else "YYYY-MM-DD"
+
+
+def series_index(frame: pd.DataFrame, keys: list[str]) -> pd.Index:
+    """The series keys of rows, comparable with `frame.set_index(keys).index` (plain for one key)."""
+    return pd.MultiIndex.from_frame(frame[keys]) if len(keys) > 1 else pd.Index(frame[keys[0]])
+
+
+def _covariate(values: pd.Series, optional: bool) -> pd.Series:
+    """Numbers as ingest reads them (true/false words are 1/0); an optional covariate's empty cells are 0."""
+    numbers = values.astype(np.float64) if values.dtype == bool else pd.to_numeric(values, errors="coerce")
+    words = numbers.isna() & values.notna()
+    if words.any():
+        from cd4ml.data.schemas import to_number
+
+        numbers = numbers.astype(np.float64)
+        numbers[words] = to_number(values[words].astype("string")).astype(np.float64)
+    return numbers.fillna(0.0) if optional else numbers
 
 
 @dataclass
@@ -125,7 +164,7 @@ class Scorer:
         con = duckdb.connect()
         try:
             con.register("history", self.data.history)
-            return con.execute(state_sql(self.spec, "history", self.origin)).df()
+            return series_state(con, self.spec, "history", self.origin)
         finally:
             con.close()
 
@@ -133,17 +172,28 @@ class Scorer:
     def last_servable(self) -> date:
         return self.origin + timedelta(days=self.spec.horizon * self.spec.period_days)
 
-    def validate(self, rows: pd.DataFrame) -> pd.DataFrame:
-        """Typed rows, or InputError naming every row, field and reason."""
+    def validate(self, rows: pd.DataFrame, form: RowFormat = RowFormat(), unknown_ok: bool = False) -> pd.DataFrame:
+        """Typed rows (dates in a `date` column), or InputError naming every row, field and reason.
+
+        With `unknown_ok`, rows of series the model does not know pass (see `known`)."""
         spec = self.spec
         problems: list[tuple[int, str, str]] = []
-        missing = [c for c in ["date", *spec.series_keys, *spec.covariates] if c not in rows.columns]
+        required = [
+            form.date_column,
+            *spec.series_keys,
+            *(c for c in spec.covariates if c not in form.optional_covariates),
+        ]
+        missing = [c for c in required if c not in rows.columns]
         if missing:
             raise InputError([(0, c, "missing column") for c in missing])
-        typed = rows.reset_index(drop=True).copy()
-        typed["date"] = pd.to_datetime(typed["date"], errors="coerce", format="ISO8601")
+        typed = rows.reset_index(drop=True)
+        typed = typed.drop(columns="date", errors="ignore") if form.date_column != "date" else typed.copy()
+        typed["date"] = form.parse_dates(typed[form.date_column])
+        for c in spec.covariates:
+            if c not in typed.columns:  # optional: training saw only empty values, read as 0
+                typed[c] = 0.0
         for r in np.flatnonzero(typed["date"].isna()):
-            problems.append((int(r), "date", "not a date (YYYY-MM-DD)"))
+            problems.append((int(r), form.date_column, f"not a date ({form.date_hint})"))
         step = pd.Timedelta(days=spec.period_days)
         first, last = pd.Timestamp(self.origin) + step, pd.Timestamp(self.last_servable)
         outside = typed["date"].notna() & ((typed["date"] < first) | (typed["date"] > last))
@@ -151,30 +201,49 @@ class Scorer:
             problems.append(
                 (
                     int(r),
-                    "date",
+                    form.date_column,
                     f"{typed['date'][r].date()} outside the servable range "
                     f"{first.date()}..{last.date()} (origin {self.origin}, horizon {spec.horizon})",
                 )
             )
+        if spec.period_days > 1:  # weekly rows name a period by its last day, as training did
+            misaligned = typed["date"].notna() & (
+                (typed["date"] - pd.Timestamp(self.origin)).dt.days % spec.period_days > 0
+            )
+            for r in np.flatnonzero(misaligned & ~outside):
+                day = typed["date"][r].date()
+                problems.append(
+                    (int(r), form.date_column, f"{day} is not a period end (periods end on {self.origin:%A}s)")
+                )
         for c in spec.covariates:
-            typed[c] = pd.to_numeric(typed[c].replace({True: 1, False: 0}), errors="coerce")
+            typed[c] = _covariate(typed[c], optional=c in form.optional_covariates)
             for r in np.flatnonzero(~np.isfinite(typed[c].to_numpy(dtype=np.float64, na_value=np.nan))):
-                problems.append((int(r), c, "not a finite number"))
+                problems.append((int(r), c, "not a number (nor true/false)"))
         for k in spec.series_keys:
             kind = self.attributes.index.get_level_values(k).dtype
             if kind.kind in "iu":
                 typed[k] = pd.to_numeric(typed[k], errors="coerce")
                 for r in np.flatnonzero(typed[k].isna()):
                     problems.append((int(r), k, "not an integer"))
-        if not problems:
-            index = pd.MultiIndex.from_frame(typed[spec.series_keys].astype(self._key_types()))
-            unknown = ~index.isin(self.attributes.index)
-            for r in np.flatnonzero(unknown):
+        if not problems and not unknown_ok:
+            for r in np.flatnonzero(~self.known(typed.astype(self._key_types()))):
                 key = ", ".join(f"{k}={typed[k][r]}" for k in spec.series_keys)
                 problems.append((int(r), "/".join(spec.series_keys), f"unknown series ({key})"))
         if problems:
             raise InputError(problems)
         return typed.astype(self._key_types())
+
+    def known(self, rows: pd.DataFrame) -> np.ndarray:
+        """Which validated rows belong to a series the model knows (has attributes for)."""
+        return series_index(rows, self.spec.series_keys).isin(self.attributes.index)
+
+    def seasonal_naive(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(forecast, has history) of validated rows by the seasonal-naive rule the baseline uses
+        (the same period one season before, from the bundle's history): the fallback for rows
+        the model cannot score. A series without history in the bundle gets 0."""
+        keys = self.spec.series_keys
+        has_history = series_index(rows, keys).isin(series_index(self.state, keys))
+        return seasonal_naive(self.features(rows)), np.asarray(has_history)
 
     def _key_types(self) -> dict[str, object]:
         levels = self.attributes.index
