@@ -93,12 +93,13 @@ def test_a_one_key_table_trains_registers_and_forecasts_its_newest_horizon(keys:
 
 
 def test_the_workshop_store47_layout_runs(tmp_path: Path) -> None:
-    frame = daily_sales([103520, 105574], days=90)
+    frame = daily_sales(list(range(103520, 103532)), days=90)  # twelve items of one store, one key
     rows = frame.rename(columns={"key": "item_nbr", "units": "unit_sales"})
     rows["id"] = range(len(rows))
-    rows["family"] = np.where(rows["item_nbr"] == 103520, "GROCERY I", "DAIRY")
-    rows["class"] = np.where(rows["item_nbr"] == 103520, 1028, 2712)
-    rows["perishable"] = (rows["item_nbr"] == 105574).astype(int)
+    dairy = rows["item_nbr"] % 2 == 1
+    rows["family"] = np.where(dairy, "DAIRY", "GROCERY I")
+    rows["class"] = np.where(dairy, 2712, 1028)
+    rows["perishable"] = dairy.astype(int)
     rows["transactions"] = 1500
     for part in ("year", "month", "day", "dayofweek"):
         rows[part] = getattr(rows["date"].dt, part)

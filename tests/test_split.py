@@ -26,12 +26,11 @@ def test_parts_do_not_overlap_and_holdout_is_the_last_horizon(
     split = plan_split(first, last, horizon, period_days, train_origins=12, origin_stride=7, min_history=56)
     step = timedelta(days=period_days)
     train = set().union(*(targets(o, split) for o in split.train_origins))
-    valid = set().union(*(targets(o, split) for o in split.valid_origins))
-    holdout = targets(split.holdout_origin, split)
+    valid, holdout = targets(split.valid_origin, split), targets(split.holdout_origin, split)
 
-    assert not train & holdout and not valid & holdout
+    assert not train & valid and not train & holdout and not valid & holdout
     assert max(train) <= split.valid_origin and max(valid) <= split.holdout_origin
-    assert split.valid_origins[-1] == split.valid_origin and min(split.valid_origins) > max(split.train_origins)
+    assert split.refit_origins[-1] == split.holdout_origin and min(split.refit_origins) > max(split.train_origins)
     assert holdout == {last - k * step for k in range(horizon)}
     assert len(split.train_origins) == 12
     assert split.train_origins == sorted(split.train_origins)

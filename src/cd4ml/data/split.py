@@ -2,11 +2,11 @@
 
 Each part forecasts `horizon` periods after its origin. The holdout's targets are the last
 `horizon` periods of the data (Favorita: 16 days) and no other part's targets reach into them.
-Training origins end where the validation origin's targets begin, or — on a history too short
-for that — at the validation origin. Validation (early stopping) forecasts from every origin after
-the last training origin up to the validation origin: horizon times more rows than one origin
-gives, so a small table stops early on a steady signal. Their targets may share periods with the
-training targets, never with the holdout's, which stay unseen by both.
+Validation (early stopping) forecasts the `horizon` periods before the holdout; training origins
+end where validation's targets begin, or — on a history too short for that — at the validation
+origin, so their targets may share validation's periods but never the holdout's. (Validation
+from several origins whose targets overlap training's was tried: calendar features let the
+model recognise those periods, early stopping never stopped, and the holdout got worse.)
 
 After the gates have judged the model trained this way, it is refit with the same settings on the
 `refit_origins` as well: the newest origins, up to the holdout's, so the shipped model has seen the
@@ -33,7 +33,6 @@ class Split(BaseModel):
     period_days: int
     holdout_origin: date
     valid_origin: date
-    valid_origins: list[date]  # after the last train origin, up to valid_origin
     train_origins: list[date]
     refit_origins: list[date]  # newer than every train origin, up to the holdout origin
     min_history: int  # periods of data before every training origin, at least
@@ -81,13 +80,7 @@ def plan_split(
     origins = sorted(o for o in origins if o >= earliest)
     if len(origins) < train_origins:
         notes.append(f"{len(origins)} of {train_origins} train origins have {history} periods of history")
-
-    def after_latest(newest: date) -> list[date]:
-        """Origins stepping back by the stride from `newest` while after the latest train origin."""
-        count = (newest - latest) // stride
-        return sorted(newest - k * stride for k in range(count + (count == 0)))
-
-    refit, valid_origins = after_latest(holdout), after_latest(valid)
+    refit = sorted(holdout - k * stride for k in range((holdout - latest) // stride))  # ends on the holdout
     return Split(
         first_date=first_date,
         last_date=last_date,
@@ -95,7 +88,6 @@ def plan_split(
         period_days=period_days,
         holdout_origin=holdout,
         valid_origin=valid,
-        valid_origins=valid_origins,
         train_origins=origins,
         refit_origins=refit,
         min_history=history,

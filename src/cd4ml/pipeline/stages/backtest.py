@@ -102,7 +102,7 @@ def _score_fold(con, fs, holidays, dataset: dict, plan, params, families: list[s
         )
 
     X, train = part(plan.train_origins, share, "train")
-    Xv, valid = part(plan.valid_origins, 1.0, "valid")
+    Xv, valid = part([plan.valid_origin], 1.0, "valid")
     Xh, holdout = part([plan.holdout_origin], 1.0, "holdout")
     actual, weight = holdout["sales"].to_numpy(), holdout["weight"].to_numpy()
     scored = {BASELINE: evaluate(actual, seasonal_naive(Xh), weight)}

@@ -158,7 +158,7 @@ def featurize(root: Path) -> str:
     series = dataset["report"]["series"]
     parts = {
         "train": (plan.train_origins, share),
-        "valid": (plan.valid_origins, 1.0),
+        "valid": ([plan.valid_origin], 1.0),
         "holdout": ([plan.holdout_origin], 1.0),
         "refit": (plan.refit_origins if params.split.refit else [], share),
     }
