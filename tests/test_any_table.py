@@ -138,14 +138,14 @@ def test_weekly_data_forecasts_eight_weeks_with_weekly_defaults(tmp_path: Path) 
     rng = np.random.default_rng(3)
     weeks = pd.date_range("2014-01-03", periods=150, freq="7D")  # Fridays
     season = 1 + 0.4 * np.sin(2 * np.pi * np.arange(150) / 52)
-    frame = pd.concat(
-        [
-            pd.DataFrame({"Store": store, "Dept": dept, "Date": weeks, "Sales": rng.poisson(200 * store * season)})
-            for store in (1, 2, 3)
-            for dept in (1, 2)
-        ]
-    )
-    frame.assign(Date=frame["Date"].dt.strftime("%m/%d/%y"), Promo=0).to_csv(tmp_path / "sales.csv", index=False)
+    parts = []
+    for store in (1, 2, 3):
+        for dept in (1, 2):
+            promo = (rng.random(150) < 0.25).astype(int)  # a promotion week sells 60 % more
+            sales = rng.poisson(200 * store * season * (1 + 0.6 * promo))
+            parts.append(pd.DataFrame({"Store": store, "Dept": dept, "Date": weeks, "Sales": sales, "Promo": promo}))
+    frame = pd.concat(parts)
+    frame.assign(Date=frame["Date"].dt.strftime("%m/%d/%y")).to_csv(tmp_path / "sales.csv", index=False)
     spec = {
         "name": "weekly",
         "sales": "sales.csv",
