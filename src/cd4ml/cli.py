@@ -55,15 +55,56 @@ def run(
     set_: list[str] = typer.Option([], "--set", help="Override a params.yaml key for this and later runs: KEY=VALUE."),
 ) -> None:
     """Run the pipeline with DVC: only stages whose inputs changed run again."""
+    _reproduce(workdir.resolve(), data, set_)
+
+
+@app.command()
+def backtest(
+    workdir: Path = WORKDIR,
+    folds: int | None = typer.Option(None, min=1, help="Forecast origins one horizon apart [params: backtest.folds]."),
+    models: list[str] = typer.Option([], "--models", "-m", help="Another model family to compare (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a params.yaml key: KEY=VALUE."),
+) -> None:
+    """Rolling-origin backtest: the pipeline's model, seasonal naive and --models at every fold.
+
+    Runs the pipeline up to its backtest stage (nothing is registered); writes reports/backtest.json
+    and reports/backtest.png and logs them to the run in MLflow."""
+    import json
+
+    overrides = [*set_, *([f"backtest.folds={folds}"] if folds else [])]
+    if models:
+        overrides.append(f"backtest.models={json.dumps(models)}")
+    workdir = workdir.resolve()
+    _reproduce(workdir, None, overrides, last_stage="backtest")
+    report = json.loads((workdir / "reports" / "backtest.json").read_text())
+    methods = list(report["mean"])
+    table = Table(title=f"backtest · NWRMSLE / WAPE per fold ({report['family']} is the pipeline's model)")
+    for column in ("fold", "origin", *methods):
+        table.add_column(column, justify="right")
+    for fold in report["folds"]:
+        cells = [fold["metrics"].get(m) for m in methods]
+        table.add_row(
+            str(fold["fold"]), fold["origin"], *(f"{c['nwrmsle']:.4f} / {c['wape']:.3f}" if c else "-" for c in cells)
+        )
+    table.add_row(
+        "mean", "", *(f"{report['mean'][m]['nwrmsle']:.4f} / {report['mean'][m]['wape']:.3f}" for m in methods)
+    )
+    console.print(table)
+    for note in report["notes"]:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"→ {workdir / 'reports' / 'backtest.json'}, {workdir / 'reports' / 'backtest.png'}")
+
+
+def _reproduce(workdir: Path, data: str | None, overrides: list[str], last_stage: str | None = None) -> None:
+    """Apply the overrides, then reproduce the pipeline (up to `last_stage`) and print its stage table."""
     from rich.live import Live
     from rich.spinner import Spinner
 
     from cd4ml.config import ConfigError
     from cd4ml.pipeline.runner import PipelineFailed, ensure_dvc, prepare, run_pipeline
 
-    workdir = workdir.resolve()
     try:
-        applied = prepare(workdir, data, set_)
+        applied = prepare(workdir, data, overrides)
     except ConfigError as exc:
         fail(str(exc), 2)
     for key, value in applied:
@@ -73,7 +114,7 @@ def run(
         console.print(f"DVC {dvc_state} in {workdir}")
     with Live(Spinner("dots", "starting"), console=console, transient=True) as live:
         try:
-            results = run_pipeline(workdir, on_stage=lambda s: live.update(Spinner("dots", f"stage {s}")))
+            results = run_pipeline(workdir, lambda s: live.update(Spinner("dots", f"stage {s}")), last_stage)
         except PipelineFailed as exc:
             live.stop()
             fail(f"stage '{exc.stage}' failed (exit code {exc.exit_code}): {exc}", exc.exit_code)
@@ -89,6 +130,7 @@ def run(
 def stage(name: str, workdir: Path = WORKDIR) -> None:
     """Run one pipeline stage (dvc.yaml calls this)."""
     from cd4ml.data.spec import SpecError
+    from cd4ml.data.split import HistoryTooShort
     from cd4ml.data.validation import EXIT_INVALID_DATA, DataValidationError
     from cd4ml.pipeline.runner import record_failure, record_summary
     from cd4ml.pipeline.stages import STAGES
@@ -108,6 +150,9 @@ def stage(name: str, workdir: Path = WORKDIR) -> None:
         record_failure(workdir, name, EXIT_GATE_FAILED, f"gates failed (see reports/gates.json); no alias moved{kept}")
         _print_gates(workdir)
         fail(f"promotion gates failed: {exc}{kept}", EXIT_GATE_FAILED)
+    except HistoryTooShort as exc:
+        record_failure(workdir, name, EXIT_INVALID_DATA, str(exc))
+        fail(str(exc), EXIT_INVALID_DATA)
     except (DataValidationError, SpecError) as exc:
         record_failure(workdir, name, EXIT_INVALID_DATA, "invalid data (see reports/validation.json)")
         fail(f"invalid data, nothing downstream runs:\n{exc}", EXIT_INVALID_DATA)
