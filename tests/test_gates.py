@@ -167,6 +167,7 @@ def test_weak_model_stops_the_run_with_exit_3_and_registers_nothing(workdir: Pat
 
     before = [str(v.version) for v in _registry(workdir).versions()]
     moves = len(_registry(workdir).history())
+    theirs = json.loads((workdir / "reports" / "backtest.json").read_text())["mean"]["lightgbm"]  # v1's run
     # a tree that cannot split: one constant forecast for every row
     weak = [
         "model.type=decision_tree",
@@ -184,8 +185,12 @@ def test_weak_model_stops_the_run_with_exit_3_and_registers_nothing(workdir: Pat
     assert "ONNX parity" not in failed and "input data validation" not in failed
     for name in failed:
         assert name in output  # the failed checks are printed, not only written
+    # same data: the champion was refit on this holdout, so both are judged by their held-out
+    # backtest means over the same folds
     champion = by_name(report["checks"])["vs champion"]
-    assert "champion v1" in champion["detail"] and "re-scored on this holdout" in champion["detail"]
+    ours = json.loads((workdir / "reports" / "backtest.json").read_text())["mean"]["decision_tree"]
+    assert champion["detail"].startswith(f"NWRMSLE {ours['nwrmsle']:.4f} vs champion v1 {theirs['nwrmsle']:.4f}, ")
+    assert "mean over the same 3 backtest folds" in champion["detail"]
 
     registry = _registry(workdir)
     assert [str(v.version) for v in registry.versions()] == before == ["1"]
@@ -271,7 +276,7 @@ def test_second_passing_model_is_compared_to_the_rescored_champion_and_becomes_c
     assert "vs champion v1" in champion_check["detail"]
     assert "holdout rows neither model trained on" in champion_check["detail"]
     assert "slices vs champion v1" in by_name(report["checks"])
-    rescored = float(champion_check["detail"].split("champion v1 ")[1].split()[0])
+    rescored = float(champion_check["detail"].split("champion v1 ")[1].split(",")[0])
 
     # the champion's own bundle, scored on the new holdout's rows after the data it was refit on,
     # gives the number the gate used
