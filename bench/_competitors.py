@@ -148,14 +148,16 @@ def mlforecast_lightgbm(fold: Fold, seed: int = 42) -> np.ndarray:
 
 
 def statsforecast_ets(fold: Fold) -> np.ndarray:
-    """AutoETS per series on the newest periods; weekly data without two seasons is not seasonal."""
+    """AutoETS per series on the newest periods; weekly data without two seasons is not seasonal;
+    a series ETS cannot fit falls back to the naive forecast (statsforecast's `fallback_model`)."""
     from statsforecast import StatsForecast
-    from statsforecast.models import AutoETS
+    from statsforecast.models import AutoETS, Naive
 
     df = _nixtla(fold.history, fold)
     newest = df["ds"] > fold.origin - fold.period * ETS_WINDOW[fold.freq]
     season = fold.season if df.loc[newest, "ds"].nunique() >= 2 * fold.season else 1
-    forecaster = StatsForecast(models=[AutoETS(season_length=season)], freq=fold.freq, n_jobs=1)
+    # a series too short for ETS ("tiny datasets": a product first sold days ago) gets the last value
+    forecaster = StatsForecast(models=[AutoETS(season_length=season)], freq=fold.freq, n_jobs=1, fallback_model=Naive())
     forecast = forecaster.forecast(df=df[newest], h=fold.horizon)
     return _aligned(fold, forecast.reset_index() if "unique_id" not in forecast else forecast, "AutoETS")
 
