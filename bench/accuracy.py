@@ -182,7 +182,7 @@ def cd4ml_forecasts(workdir: Path, fold: Fold) -> dict[str, np.ndarray]:
         # the targets' series all have history in the same canonical table: an unknown one is a bench bug
         unknown = ~scorer.known(rows)
         if unknown.any():
-            raise RuntimeError(f"{int(unknown.sum()):,} target rows of series {model} has no attributes for")
+            raise RuntimeError(f"models/{model} has no attributes for the series of {int(unknown.sum()):,} target rows")
         stateless = ~series_index(rows, fold.keys).isin(series_index(scorer.state, fold.keys))
         if stateless.any():  # forecast all the same, from the features a series without state gets
             console.print(f"  {method}: {int(stateless.sum()):,} target rows of series with no state", highlight=False)
