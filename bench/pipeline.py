@@ -63,6 +63,7 @@ class Measurement:
     summaries: dict[str, str] = field(default_factory=dict)
     load: list[float] = field(default_factory=list)  # 1-minute load average at each sample
     log: Path | None = None
+    noop_seconds: float | None = None  # a second `cd4ml run` with nothing changed, best of 3
 
 
 def parse_rows(text: str) -> int:
@@ -133,7 +134,16 @@ def measure(label: str, rows: int, workdir: Path) -> Measurement:
     result.seconds = time.perf_counter() - started
     result.exit_code = process.returncode
     _read_outputs(workdir, result)
+    if result.exit_code == 0:
+        result.noop_seconds = min(_timed_noop(command) for _ in range(3))
     return result
+
+
+def _timed_noop(command: list[str]) -> float:
+    """Seconds of a `cd4ml run` that finds every stage up to date."""
+    started = time.perf_counter()
+    subprocess.run(command, capture_output=True, check=True, stdin=subprocess.DEVNULL)
+    return time.perf_counter() - started
 
 
 def _read_outputs(workdir: Path, result: Measurement) -> None:
@@ -169,6 +179,7 @@ def report(measurements: list[Measurement]) -> None:
         "train.csv rows",
         "canonical rows",
         "wall s",
+        "no-op rerun s",
         "load avg",
         "peak RSS GB",
         "peak during",
@@ -183,6 +194,7 @@ def report(measurements: list[Measurement]) -> None:
             f"{m.train_csv_rows:,}",
             f"{m.canonical_rows:,}",
             f"{m.seconds:.0f}",
+            f"{m.noop_seconds:.1f}" if m.noop_seconds is not None else "-",
             f"{sum(m.load) / len(m.load):.1f}" if m.load else "-",
             f"{m.peak_tree / GB:.2f}",
             m.peak_stage,

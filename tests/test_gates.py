@@ -31,6 +31,7 @@ def by_name(checks: list[dict]) -> dict[str, dict]:
 
 
 def test_absolute_bounds_pass_a_good_model_and_fail_each_bound_on_its_own() -> None:
+    P = GateParams(max_nwrmsle=0.8)  # the workshop's bound for Favorita
     good = gates.absolute({"nwrmsle": 0.5, "r2": 0.3}, P)
     assert [c.passed for c in good] == [True, True]
     too_far = gates.absolute({"nwrmsle": 0.81, "r2": 0.3}, P)
@@ -38,6 +39,12 @@ def test_absolute_bounds_pass_a_good_model_and_fail_each_bound_on_its_own() -> N
     no_fit = gates.absolute({"nwrmsle": 0.5, "r2": 0.0}, P)
     assert [c.passed for c in no_fit] == [True, False]  # R² must be strictly above 0
     assert gates.absolute({"nwrmsle": 0.8, "r2": 0.1}, P)[0].passed  # the bound itself is allowed
+
+
+def test_no_nwrmsle_bound_by_default_since_its_scale_depends_on_the_data() -> None:
+    unbounded = gates.absolute({"nwrmsle": 1.39, "r2": 0.2}, GateParams())  # intermittent demand
+    assert unbounded[0].passed and unbounded[0].threshold == "no bound"
+    assert "gates.max_nwrmsle" in unbounded[0].detail
 
 
 def test_baseline_gain_needs_the_configured_improvement() -> None:
@@ -170,6 +177,7 @@ def test_weak_model_stops_the_run_with_exit_3_and_registers_nothing(workdir: Pat
     theirs = json.loads((workdir / "reports" / "backtest.json").read_text())["mean"]["lightgbm"]  # v1's run
     # a tree that cannot split: one constant forecast for every row
     weak = [
+        "gates.max_nwrmsle=0.8",  # the workshop's absolute bound, as a Favorita user would set it
         "model.type=decision_tree",
         "model.decision_tree.max_depth=1",
         "model.decision_tree.min_samples_leaf=1000000",

@@ -231,22 +231,18 @@ def test_first_run_runs_every_stage_and_tracks_it_in_mlflow(project: Project, tm
     assert json.loads(Path(copy).read_text()) == reported
 
 
-def test_second_run_with_nothing_changed_reruns_nothing_within_3_seconds(project: Project) -> None:
+def test_second_run_with_nothing_changed_reruns_nothing(project: Project) -> None:
+    """(How long such a no-op run takes is measured by bench/pipeline.py, not asserted here.)"""
     succeeded(project.first)
     workdir = project.workdir
     lock_before, runs_before = (workdir / "dvc.lock").read_text(), mlflow_runs(workdir)
 
-    runs = []
-    while len(runs) < 3 and not any(run.seconds < 3.0 for run in runs):
-        runs.append(succeeded(cd4ml_run(workdir)))  # best of 3: a busy machine is not the run's cost
+    run = succeeded(cd4ml_run(workdir))
 
-    for run in runs:
-        assert run.stages("ran") == set()
-        assert run.stages("up to date") >= {*DATA_STAGES, *MODEL_STAGES}
+    assert run.stages("ran") == set()
+    assert run.stages("up to date") >= {*DATA_STAGES, *MODEL_STAGES, "backtest", "gate", "register"}
     assert (workdir / "dvc.lock").read_text() == lock_before
     assert len(mlflow_runs(workdir)) == len(runs_before)
-    seconds = [round(run.seconds, 1) for run in runs]
-    assert min(seconds) < 3.0, f"no-op runs took {seconds} s"
 
 
 def test_model_hyperparameter_change_retrains_without_touching_the_data(project: Project) -> None:

@@ -77,7 +77,7 @@ class EvaluateParams(_Strict):
 class GateParams(_Strict):
     """Promotion thresholds (see cd4ml.gates)."""
 
-    max_nwrmsle: float = 0.8  # CD4ML workshop style absolute bounds on the holdout
+    max_nwrmsle: float | None = None  # absolute bound on the holdout, data-specific (the workshop's Favorita: 0.8)
     min_r2: float = 0.0
     min_gain_over_baseline: float = 0.05  # relative NWRMSLE improvement over seasonal naive
     champion_tolerance: float = 0.02  # may be at most this much (relative) worse than the champion

@@ -1,0 +1,85 @@
+"""What every command shares: the app, the consoles, common options and how errors end a command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="Continuous Delivery for Machine Learning: sales forecasting, end to end.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+console = Console()
+
+
+errors = Console(stderr=True, soft_wrap=True)
+
+
+WORKDIR = typer.Option(Path("."), "--workdir", "-w", help="Folder holding dvc.yaml, params.yaml and outputs.")
+
+
+def fail(message: str, code: int) -> None:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def gateway_settings(workdir: Path):
+    """The gateway's settings for a work directory, from CD4ML_* variables; a bad one exits 2."""
+    from cd4ml.serving.settings import GatewaySettings
+
+    try:
+        return GatewaySettings.from_env(workdir=workdir.resolve())
+    except ValueError as exc:
+        fail(str(exc), 2)
+
+
+MODEL = typer.Option(
+    None,
+    "--model",
+    "-m",
+    help="Bundle folder, model URI (models:/name@alias, runs:/<run_id>) or `last` (the newest run's model, "
+    "promoted or not); default: the registry's champion.",
+)
+
+
+REASON = typer.Option("", "--reason", help="Why: kept in the alias history.")
+
+
+def model_name(workdir: Path) -> str:
+    from cd4ml.config import load_params
+
+    params_file = workdir.resolve() / "params.yaml"
+    return load_params(params_file).registry.model_name if params_file.exists() else "sales-forecaster"
+
+
+def open_registry(workdir: Path):
+    from cd4ml.config import tracking_uri
+    from cd4ml.registry import Registry
+
+    return Registry(tracking_uri(workdir.resolve()), model_name(workdir))
+
+
+def resolve_model(workdir: Path, model: str | None) -> Path:
+    """A bundle folder; the tracking store is opened only for a model URI (a local bundle
+    must not create an mlflow.db in the work directory). A run's model that is not a
+    registered version (`runs:/<id>`, `last`) is usable, with a warning."""
+    from cd4ml.config import Params, Paths, load_params, tracking_uri
+    from cd4ml.registry import CHAMPION, RegistryError, last_run_with_model, resolve_bundle, run_of, unregistered_reason
+
+    store, uri = tracking_uri(workdir.resolve()), model or f"models:/{model_name(workdir)}@{CHAMPION}"
+    try:
+        if uri == "last":
+            file = workdir.resolve() / "params.yaml"
+            experiment = (load_params(file) if file.exists() else Params()).tracking.experiment
+            uri = f"runs:/{last_run_with_model(store, experiment)}"
+        bundle = resolve_bundle(uri, store, Paths(workdir.resolve()).cache / "models")
+        if (run_id := run_of(uri)) and (why := unregistered_reason(store, run_id)):
+            errors.print(f"[bold yellow]warning:[/] {why}", highlight=False)
+        return bundle
+    except RegistryError as exc:
+        fail(str(exc), 2)

@@ -1,0 +1,147 @@
+"""Monitoring commands: actuals, the monitor, the controller and the closed-loop simulation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from cd4ml.cli.common import (
+    WORKDIR,
+    app,
+    console,
+    errors,
+    fail,
+    gateway_settings,
+)
+
+
+@app.command()
+def actuals(
+    file: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="CSV: series keys, date and the observed target."
+    ),
+    target: str = typer.Option("sales", help="Column holding observed sales."),
+    workdir: Path = WORKDIR,
+) -> None:
+    """Ingest observed sales in bulk and join them to logged predictions."""
+    import json
+
+    from cd4ml.monitoring.actuals import ingest_actuals
+    from cd4ml.monitoring.feedback import FeedbackStore
+
+    settings = gateway_settings(workdir)
+    spec_file = workdir.resolve() / "data" / "features" / "feature_spec.json"
+    keys = json.loads(spec_file.read_text())["series_keys"] if spec_file.exists() else ["store_nbr", "item_nbr"]
+    log = settings.resolved_log()
+    log_db = Path(log.removeprefix("sqlite:///")) if log.startswith("sqlite:") else None
+    try:
+        result = ingest_actuals(file, keys, target, FeedbackStore(settings.resolved_feedback()), log_db)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    console.print(
+        f"{result.rows:,} rows: {result.new:,} new, {result.duplicates:,} already known; "
+        f"{result.requests_joined:,} logged requests now have actuals"
+    )
+
+
+POLICY = typer.Option(None, "--policy", help="Policy YAML (monitor: and controller: sections); default: built-in.")
+
+
+def _workspace(workdir: Path, gateway: str | None):
+    from cd4ml.monitoring.loop import Workspace
+
+    settings = gateway_settings(workdir)
+    return Workspace(
+        workdir.resolve(), settings.resolved_log(), settings.resolved_feedback(), gateway, settings.admin_token
+    )
+
+
+def _window(since_hours: float | None) -> float | None:
+    import time
+
+    return time.time() - since_hours * 3600 if since_hours else None
+
+
+@app.command()
+def monitor(
+    workdir: Path = WORKDIR,
+    since_hours: float | None = typer.Option(None, "--since-hours", help="Window: the last H hours (default: all)."),
+    policy: Path | None = POLICY,
+    gateway: str | None = typer.Option(None, help="Gateway URL, for error and drop counts from /metrics."),
+) -> None:
+    """Drift, skew, quality with actuals and operations for a window; exit 4 on a policy breach."""
+    from cd4ml.monitoring.controller import load_policy
+    from cd4ml.monitoring.loop import monitor_window
+
+    ws = _workspace(workdir, gateway)
+    try:
+        summary = monitor_window(ws, _window(since_hours), None, load_policy(policy))
+    except (FileNotFoundError, RuntimeError, ValueError) as exc:
+        fail(str(exc), 2)
+    table = Table(title=f"monitor · {summary.window['requests']:,} requests, {summary.window['rows']:,} rows")
+    for column in ("arm", "version", "rows with actuals", "NWRMSLE", "WAPE", "bias"):
+        table.add_column(column)
+    for q in summary.quality.get("by_arm_version", []):
+        table.add_row(
+            q["arm"],
+            str(q["model_version"]),
+            str(q["rows"]),
+            f"{q['nwrmsle']:.4f}",
+            f"{q['wape']:.3f}",
+            f"{q['bias']:+.3f}",
+        )
+    console.print(table)
+    if summary.drift:
+        console.print(f"drift: {summary.drift['share']:.0%} of columns ({', '.join(summary.drift['drifted'][:6])})")
+    if summary.skew:
+        console.print(f"training-serving skew: max {summary.skew['max']:.2e} over {summary.skew['rows']:,} rows")
+    console.print(f"report: {ws.reports / 'report.html'}, summary: {ws.reports / 'summary.json'}")
+    for breach in summary.breaches:
+        errors.print(f"[bold red]breach:[/] {breach}", highlight=False)
+    if summary.breaches:
+        raise typer.Exit(4)
+
+
+@app.command()
+def control(
+    workdir: Path = WORKDIR,
+    since_hours: float | None = typer.Option(24.0, "--since-hours", help="Window: the last H hours."),
+    policy: Path | None = POLICY,
+    gateway: str | None = typer.Option(None, help="Gateway URL: reloaded right after an action."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be done; change nothing."),
+) -> None:
+    """One controller cycle: monitor, then promote / step a canary / roll back / retrain per the policy."""
+    from cd4ml.monitoring.controller import load_policy
+    from cd4ml.monitoring.loop import control as run_control
+    from cd4ml.monitoring.loop import monitor_window
+
+    ws = _workspace(workdir, gateway)
+    rules = load_policy(policy)
+    summary = monitor_window(ws, _window(since_hours), None, rules)
+    actions = run_control(ws, summary, rules, dry_run, [])
+    for action in actions:
+        console.print(f"{'would ' if dry_run else ''}{action.kind}: {action.reason}", highlight=False)
+    if not actions:
+        console.print("no action: " + ("; ".join(summary.breaches) or "all within policy"))
+
+
+@app.command()
+def simulate(
+    workdir: Path = typer.Option(Path("simulation"), "--workdir", "-w", help="A fresh folder for the simulation."),
+    days: int = typer.Option(30, min=3),
+    scenario: str = typer.Option("shift", help="shift: retrain, canary, promote · bad-release: roll back."),
+    shift_day: int = typer.Option(4, help="Simulated day the demand of --family drops."),
+    family: str = typer.Option("GROCERY I", help="Product family whose demand drops."),
+    factor: float = typer.Option(0.1, help="Demand multiplier after the shift."),
+) -> None:
+    """The closed loop on sample data through the real gateway: drift, decay, retrain, release."""
+    from cd4ml.monitoring.simulate import Scenario
+    from cd4ml.monitoring.simulate import simulate as run_simulation
+
+    if scenario not in {"shift", "bad-release"}:
+        fail("--scenario must be shift or bad-release", 2)
+    plan = Scenario(kind=scenario, days=days, shift_day=shift_day, shift_family=family, shift_factor=factor)
+    timeline = run_simulation(workdir, plan, progress=lambda text: console.print(text, highlight=False, markup=False))
+    console.print(f"{len(timeline)} days; report: {workdir / 'reports' / 'simulation' / 'report.html'}")
