@@ -76,3 +76,19 @@ def all_plots(holdout: pd.DataFrame, model, fs: FeatureSpec, directory: Path, se
         feature_importance(model, fs, directory / "feature_importance.png"),
     ]
     return [p for p in made if p is not None]
+
+
+def backtest(folds: list[dict], path: Path) -> Path:
+    """NWRMSLE of every method at every backtest fold's origin."""
+    plt, fig, axes = _figure(size=(8, 3.5))
+    ax = axes[0, 0]
+    origins = [f["origin"] for f in reversed(folds)]
+    for method in dict.fromkeys(m for f in folds for m in f["metrics"]):
+        values = [f["metrics"].get(method, {}).get("nwrmsle", np.nan) for f in reversed(folds)]
+        ax.plot(origins, values, "o-", label=method)
+    ax.set(xlabel="forecast origin", ylabel="NWRMSLE", title="backtest: error at each origin (lower is better)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -26,7 +26,7 @@ BASELINE = "seasonal_naive"
 def backtest(root: Path) -> str:
     import mlflow
 
-    from cd4ml import tracking
+    from cd4ml import plots, tracking
     from cd4ml.data.split import HistoryTooShort, Split, plan_split
     from cd4ml.features import holiday_counts
 
@@ -72,7 +72,7 @@ def backtest(root: Path) -> str:
         con.close()
     report = {"family": params.model.type, "folds": folds, "mean": _means(folds), "notes": notes}
     write_json(paths.reports / "backtest.json", report)
-    _plot(folds, paths.reports / "backtest.png")
+    plots.backtest(folds, paths.reports / "backtest.png")
     with tracking.run(root, params.tracking.experiment, tracking.read_run(paths.run)["run_id"]):
         for family, metrics in report["mean"].items():
             mlflow.log_metrics({tracking.metric_name("backtest", family, m): v for m, v in metrics.items()})
@@ -123,24 +123,3 @@ def _means(folds: list[dict]) -> dict[str, dict[str, float]]:
         }
         for method in methods
     }
-
-
-def _plot(folds: list[dict], path: Path) -> None:
-    """NWRMSLE of every method at every fold origin."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    origins = [f["origin"] for f in reversed(folds)]
-    for method in dict.fromkeys(m for f in folds for m in f["metrics"]):
-        values = [f["metrics"].get(method, {}).get("nwrmsle", np.nan) for f in reversed(folds)]
-        ax.plot(origins, values, "o-", label=method)
-    ax.set_xlabel("forecast origin")
-    ax.set_ylabel("NWRMSLE")
-    ax.set_title("backtest: error at each origin (lower is better)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
