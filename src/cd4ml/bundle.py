@@ -39,12 +39,14 @@ def series_data(table: Path, holidays: pd.DataFrame, fs: FeatureSpec, from_origi
     read out of core from the canonical table, which may not fit in memory."""
     import duckdb
 
+    from cd4ml.sql import quote_ident, quote_idents, quote_literal
+
     start = from_origin - timedelta(days=history_span_days(fs))
-    keys = ", ".join(f'"{k}"' for k in fs.series_keys)
-    covariates = "".join(f', "{c}"' for c in fs.covariates)
+    keys = quote_idents(fs.series_keys)
+    covariates = "".join(f", {quote_ident(c)}" for c in fs.covariates)
     # weight rides along for monitoring (NWRMSLE on live actuals); features never read it
-    attributes = "".join(f', "{a}"' for a in [*fs.attributes, "weight"])
-    source = f"read_parquet('{table}')"
+    attributes = "".join(f", {quote_ident(a)}" for a in [*fs.attributes, "weight"])
+    source = f"read_parquet({quote_literal(table)})"
     with duckdb.connect() as con:
         history = con.execute(
             f"SELECT CAST(date AS TIMESTAMP) AS date, {keys}, sales{covariates} FROM {source} "

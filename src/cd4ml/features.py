@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
+from cd4ml.sql import quote_ident, quote_idents
+
 MISSING_CODE = -1
 
 
@@ -75,7 +77,9 @@ def build_feature_spec(
     categories = {
         column: [
             str(v[0])
-            for v in con.execute(f'SELECT DISTINCT CAST("{column}" AS VARCHAR) FROM {relation} ORDER BY 1').fetchall()
+            for v in con.execute(
+                f"SELECT DISTINCT CAST({quote_ident(column)} AS VARCHAR) FROM {relation} ORDER BY 1"
+            ).fetchall()
         ]
         for column in encoded
     }
@@ -98,7 +102,7 @@ def build_feature_spec(
 
 
 def _quoted(columns: Iterable[str]) -> str:
-    return ", ".join(f'"{c}"' for c in columns)
+    return quote_idents(columns)
 
 
 ORIGIN = "forecast_origin"  # the origin of each row when rows of several origins are computed at once
@@ -126,7 +130,10 @@ def state_sql(fs: FeatureSpec, relation: str, origins: list[date]) -> str:
             f"coalesce(avg(CASE WHEN sales > 0 THEN 0 ELSE 1 END) FILTER (WHERE {inside}), 1) AS zero_{w}",
         ]
     longest = f"date > {o} - INTERVAL {max(fs.windows) * p} DAY"
-    parts += [f'coalesce(avg("{c}") FILTER (WHERE {longest}), 0) AS "{c}_hist"' for c in fs.covariates]
+    parts += [
+        f"coalesce(avg({quote_ident(c)}) FILTER (WHERE {longest}), 0) AS {quote_ident(f'{c}_hist')}"
+        for c in fs.covariates
+    ]
     if fs.frequency == "daily":
         parts += [
             f"coalesce(avg({ly}) FILTER (WHERE date > {o} - INTERVAL {w * 7} DAY "

@@ -29,6 +29,7 @@ from cd4ml.data.validation import (
     Problem,
     problems_from_pandera,
 )
+from cd4ml.sql import quote_ident, quote_idents, quote_literal
 
 CHUNK_ROWS = 1_000_000
 UNKNOWN = "UNKNOWN"
@@ -83,15 +84,6 @@ class IngestReport:
             ignored = ", ".join(self.ignored_columns)
             notes.append(f"columns not named in the spec ignored: {ignored}")
         return notes
-
-
-def _sql_text(value: object) -> str:
-    """A SQL string literal; paths may hold quotes."""
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def _quoted(columns: list[str], prefix: str = "") -> str:
-    return ", ".join(f'{prefix}"{c}"' for c in columns)
 
 
 def stage_sales(
@@ -177,10 +169,10 @@ def canonicalise(
 
     Returns the name of the temporary table holding the result.
     """
-    keys = _quoted(spec.series_keys)
-    covs = [f'"{c}"' for c in spec.covariates]
-    attrs = [f'"{a}"' for a in spec.attributes]
-    con.execute(f"CREATE TEMP TABLE raw AS SELECT * FROM read_parquet({_sql_text(staging)})")
+    keys = quote_idents(spec.series_keys)
+    covs = [quote_ident(c) for c in spec.covariates]
+    attrs = [quote_ident(a) for a in spec.attributes]
+    con.execute(f"CREATE TEMP TABLE raw AS SELECT * FROM read_parquet({quote_literal(staging)})")
     con.execute("CREATE TEMP TABLE dedup AS SELECT DISTINCT * FROM raw")
     report.exact_duplicates_dropped = _count(con, "raw") - _count(con, "dedup")
     _check_frequency(con, spec, inputs.sales_name)
@@ -197,7 +189,7 @@ def canonicalise(
     )
     con.execute(
         f"""CREATE TEMP TABLE grid AS
-        SELECT {_quoted(spec.series_keys, "s.")},
+        SELECT {quote_idents(spec.series_keys, "s.")},
                CAST(unnest(generate_series(s.first_date, (SELECT max(date) FROM periods),
                     INTERVAL {spec.period_days} DAY)) AS TIMESTAMP) AS date
                {"".join(f", s.{a}" for a in attrs)}
@@ -254,14 +246,17 @@ def _join_side_table(
         report.empty_attributes_unknown[column] = count
     name, joined = f"side_{number}", f"joined_{number}"
     con.register(name, frame)
-    join = " AND ".join(f'CAST(r."{c}" AS VARCHAR) = s."{c}"' for c in side.on)
+    join = " AND ".join(f"CAST({quote_ident(c, 'r.')} AS VARCHAR) = {quote_ident(c, 's.')}" for c in side.on)
     unknown = _scalar(
         con,
-        f"SELECT count(DISTINCT ({_quoted(spec.series_keys, 'r.')})) FROM {relation} r ANTI JOIN {name} s ON {join}",
+        f"SELECT count(DISTINCT ({quote_idents(spec.series_keys, 'r.')})) "
+        f"FROM {relation} r ANTI JOIN {name} s ON {join}",
     )
     if unknown:
         report.unknown_categories[side.path.name] = unknown
-    attrs = ", ".join(f'coalesce(s."{c}", \'{UNKNOWN}\') AS "{c}"' for c in side.columns)
+    attrs = ", ".join(
+        f"coalesce({quote_ident(c, 's.')}, {quote_literal(UNKNOWN)}) AS {quote_ident(c)}" for c in side.columns
+    )
     con.execute(f"CREATE TEMP TABLE {joined} AS SELECT r.*, {attrs} FROM {relation} r LEFT JOIN {name} s ON {join}")
     con.unregister(name)
     return joined
@@ -282,29 +277,30 @@ def write_canonical(
     """
     keys = []
     for key in spec.series_keys:
+        column = quote_ident(key)
         integer = key not in spec.text_keys and _scalar(
             con,
-            f'SELECT bool_and(CAST(TRY_CAST("{key}" AS BIGINT) AS VARCHAR) IS NOT DISTINCT FROM '
-            f'"{key}") FROM {relation}',
+            f"SELECT bool_and(CAST(TRY_CAST({column} AS BIGINT) AS VARCHAR) IS NOT DISTINCT FROM "
+            f"{column}) FROM {relation}",
         )
-        keys.append(f'CAST("{key}" AS BIGINT) AS "{key}"' if integer else f'"{key}"')
+        keys.append(f"CAST({column} AS BIGINT) AS {column}" if integer else column)
     weight = "1.0"
     if spec.weights:
-        flag = f'lower(CAST("{spec.weights.column}" AS VARCHAR))'
+        flag = f"lower(CAST({quote_ident(spec.weights.column)} AS VARCHAR))"
         weight = f"CASE WHEN {flag} IN ('1', 'true', 't', 'yes') THEN {spec.weights.weight_if_true} ELSE 1 END"
     select = ", ".join(
         [
             "CAST(date AS DATE) AS date",
             *keys,
             "CAST(sales AS DOUBLE) AS sales",
-            *(f'CAST("{c}" AS DOUBLE) AS "{c}"' for c in spec.covariates),
-            *(f'CAST("{a}" AS VARCHAR) AS "{a}"' for a in attributes),
+            *(f"CAST({quote_ident(c)} AS DOUBLE) AS {quote_ident(c)}" for c in spec.covariates),
+            *(f"CAST({quote_ident(a)} AS VARCHAR) AS {quote_ident(a)}" for a in attributes),
             f"CAST({weight} AS DOUBLE) AS weight",
         ]
     )
-    order = _quoted(spec.series_keys)
-    con.execute(f"COPY (SELECT {select} FROM {relation} ORDER BY {order}, date) TO {_sql_text(out)} (FORMAT parquet)")
-    table = f"read_parquet({_sql_text(out)})"
+    order, target = quote_idents(spec.series_keys), quote_literal(out)
+    con.execute(f"COPY (SELECT {select} FROM {relation} ORDER BY {order}, date) TO {target} (FORMAT parquet)")
+    table = f"read_parquet({target})"
     report.rows, first, last = con.execute(f"SELECT count(*), min(date), max(date) FROM {table}").fetchall()[0]
     report.first_date, report.last_date = str(first), str(last)
     report.series = _count(con, f"(SELECT DISTINCT {order} FROM {table})")

@@ -181,9 +181,11 @@ def train_share(dataset: dict, plan, max_rows: int) -> float:
 def connect_sales(root: Path, memory_limit: str):
     """A DuckDB connection with the canonical table as the view `sales`."""
     from cd4ml.data.ingest import connect
+    from cd4ml.sql import quote_literal
 
     con = connect(memory_limit, root / ".cd4ml" / "duckdb")
-    con.execute(f"CREATE VIEW sales AS SELECT * FROM read_parquet('{Paths(root).ingested / 'sales.parquet'}')")
+    table = quote_literal(Paths(root).ingested / "sales.parquet")  # a view cannot bind parameters
+    con.execute(f"CREATE VIEW sales AS SELECT * FROM read_parquet({table})")
     return con
 
 
