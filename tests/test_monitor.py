@@ -190,8 +190,12 @@ def serve(world: World, workdir: Path, sales: pd.DataFrame) -> list[float]:
                 )
                 > 0
             )
-            reload = client.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
-            assert reload.status_code == 200, reload.text  # the day's actuals move the origin
+            advance = client.post(
+                "/admin/origin",
+                json={"complete_through": (world.cutoff + timedelta(days=n)).isoformat()},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )
+            assert advance.status_code == 200, advance.text  # the day's actuals are all in: the origin moves
     starts.append(time.time())  # leaving the client flushed the prediction log
     return starts
 

@@ -90,32 +90,27 @@ class SeriesData:
     def last_date(self) -> date:
         return pd.Timestamp(self.history["date"].max()).date()
 
-    def extended(self, actuals: pd.DataFrame, keys: list[str], period_days: int) -> SeriesData:
-        """History with observed sales appended: the forecast origin moves to the newest actual.
+    def with_actuals(self, actuals: pd.DataFrame, keys: list[str], through: date) -> SeriesData:
+        """History with the observed sales dated after it and up to `through` appended.
 
-        Periods after the old history with no actual for a known series count as zero sales,
-        as missing days do in training data.
+        Only what was observed is added: a series without an actual for a day has no row for it,
+        and the features average the days that are known. (Filling such cells with 0 sales
+        would collapse the rolling means of every series nobody reported on.) Covariates the
+        actuals do not carry stay empty, which the features' averages skip likewise.
         """
-        newer = actuals[pd.to_datetime(actuals["date"]) > pd.Timestamp(self.last_date)]
+        when = pd.to_datetime(actuals["date"])
+        newer = actuals[(when > pd.Timestamp(self.last_date)) & (when <= pd.Timestamp(through))]
         if newer.empty:
             return self
-        dates = pd.date_range(
-            pd.Timestamp(self.last_date) + pd.Timedelta(days=period_days),
-            pd.to_datetime(newer["date"]).max(),
-            freq=f"{period_days}D",
-        )
-        grid = self.series[keys].merge(pd.DataFrame({"date": dates}), how="cross")
         observed = (
             newer.assign(date=pd.to_datetime(newer["date"]))
             .astype({k: self.series[k].dtype for k in keys})
             .drop_duplicates([*keys, "date"], keep="last")
+            .reindex(columns=self.history.columns)
         )
-        filled = grid.merge(observed, on=[*keys, "date"], how="left")
-        for column in self.history.columns:
-            if column not in filled.columns:
-                filled[column] = 0.0
-        filled = filled[self.history.columns].fillna(0.0)
-        history = pd.concat([self.history.assign(date=pd.to_datetime(self.history["date"])), filled], ignore_index=True)
+        history = pd.concat(
+            [self.history.assign(date=pd.to_datetime(self.history["date"])), observed], ignore_index=True
+        )
         return SeriesData(history, self.series, self.holidays)
 
 

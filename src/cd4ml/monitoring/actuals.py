@@ -1,7 +1,9 @@
 """Observed sales in bulk: stored by series and date, and joined to logged predictions.
 
 Every logged request whose rows all have actuals gets an `actual` feedback record, so A/B
-reports (and monitoring) see bulk actuals exactly like actuals sent to /feedback.
+reports (and monitoring) see bulk actuals exactly like actuals sent to /feedback. Storing
+actuals never moves the serving origin; `complete_through` does, explicitly: gateways on the
+same feedback store then forecast from that date.
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import pandas as pd
 
-from cd4ml.monitoring.feedback import DuplicateFeedback, FeedbackStore, Served
+from cd4ml.monitoring.feedback import DuplicateFeedback, FeedbackStore, OriginError, Served
 
 
 @dataclass
@@ -22,6 +25,7 @@ class ActualsResult:
     new: int
     duplicates: int
     requests_joined: int
+    complete_through: date | None = None  # the origin recorded with them, if any
 
 
 def _key(keys: list[str], row: dict) -> str:
@@ -29,8 +33,18 @@ def _key(keys: list[str], row: dict) -> str:
 
 
 def ingest_actuals(
-    source: Path, keys: list[str], target: str, store: FeedbackStore, log_db: Path | None
+    source: Path,
+    keys: list[str],
+    target: str,
+    store: FeedbackStore,
+    log_db: Path | None,
+    complete_through: date | None = None,
 ) -> ActualsResult:
+    """Store a CSV of observed sales; with `complete_through`, also record that actuals are
+    complete through that date (OriginError if an earlier one is recorded: nothing is stored)."""
+    current = store.complete_through()
+    if complete_through is not None and current is not None and complete_through < current:
+        raise OriginError(f"actuals are already complete through {current}: the origin never moves back")
     frame = pd.read_csv(source)
     missing = [c for c in [*keys, "date", target] if c not in frame.columns]
     if missing:
@@ -43,7 +57,9 @@ def ingest_actuals(
     records = frame.to_dict(orient="records")
     new = store.add_actuals(keys, records, [float(r[target]) for r in records])
     joined = _join_log(keys, store, log_db) if log_db and log_db.exists() else 0
-    return ActualsResult(len(frame), new, len(frame) - new, joined)
+    if complete_through is not None:
+        store.mark_complete(complete_through, f"cd4ml actuals {source.name}")
+    return ActualsResult(len(frame), new, len(frame) - new, joined, complete_through)
 
 
 def _join_log(keys: list[str], store: FeedbackStore, log_db: Path) -> int:

@@ -14,12 +14,14 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import orjson
 import pandas as pd
+
+from cd4ml.monitoring.database import open_database
 
 RECENT = 200_000
 
@@ -93,42 +95,43 @@ class ServedIndex:
         return Served(found[0][0], found[0][1], json.loads(found[0][2]), json.loads(found[0][3])) if found else None
 
 
+class OriginError(ValueError):
+    """An origin that cannot be recorded: it would move the serving origin back."""
+
+
 class FeedbackStore:
-    """SQLite (default) or PostgreSQL table `feedback`, one row per (request id, kind)."""
+    """Feedback (one row per request id and kind), observed sales by series and date, and the
+    serving origin: the date through which actuals are complete. SQLite (default) or PostgreSQL."""
 
     def __init__(self, url: str):
-        parsed = urlparse(url)
-        self.postgres = parsed.scheme in {"postgresql", "postgres"}
-        if self.postgres:
-            import psycopg2
-
-            self.db = psycopg2.connect(url)
-            self.db.autocommit = True
-            self.mark = "%s"
-        else:
-            path = Path(url.removeprefix("sqlite:///"))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.mark = "?"
-        self._lock = threading.Lock()
-        self._execute(
+        self.db = open_database(url)
+        self.db.execute(
             "CREATE TABLE IF NOT EXISTS feedback (request_id TEXT, kind TEXT, value TEXT, arm TEXT, "
             "model_version TEXT, predictions TEXT, rows TEXT, ts DOUBLE PRECISION, PRIMARY KEY (request_id, kind))"
         )
-        self._execute(
+        self.db.execute(
             "CREATE TABLE IF NOT EXISTS actuals (series TEXT, date TEXT, sales DOUBLE PRECISION, "
             "PRIMARY KEY (series, date))"
         )
+        self.db.execute("CREATE TABLE IF NOT EXISTS origin (complete_through TEXT, ts DOUBLE PRECISION, source TEXT)")
 
     def _execute(self, sql: str, args: tuple = ()) -> list[tuple]:
-        sql = sql.replace("?", self.mark)
-        with self._lock:
-            if self.postgres:
-                with self.db.cursor() as cur:
-                    cur.execute(sql, args)
-                    return cur.fetchall() if cur.description else []
-            return self.db.execute(sql, args).fetchall()
+        return self.db.execute(sql, args)
+
+    def complete_through(self) -> date | None:
+        """The recorded serving origin: the newest date through which actuals are complete."""
+        (newest,) = self._execute("SELECT max(complete_through) FROM origin")[0]
+        return date.fromisoformat(newest) if newest else None
+
+    def mark_complete(self, through: date, source: str) -> date:
+        """Record that actuals are complete through `through` (the origin every gateway on this
+        store then serves from); the same date again changes nothing, an earlier one is refused."""
+        current = self.complete_through()
+        if current is not None and through < current:
+            raise OriginError(f"actuals are already complete through {current}: the origin never moves back")
+        if current != through:
+            self._execute("INSERT INTO origin VALUES (?, ?, ?)", (through.isoformat(), time.time(), source))
+        return through
 
     def record(self, request_id: str, kind: str, value: Any, served: Served) -> None:
         self.record_all(request_id, {kind: value}, served)
@@ -170,9 +173,10 @@ class FeedbackStore:
             added += before[0][0] == 0
         return added
 
-    def actuals_frame(self, keys: list[str]) -> pd.DataFrame:
-        """All observed sales as (keys…, date, sales)."""
-        rows = self._execute("SELECT series, date, sales FROM actuals")
+    def actuals_frame(self, keys: list[str], after: date | None = None) -> pd.DataFrame:
+        """Observed sales as (keys…, date, sales): all, or those dated after `after`."""
+        since = "" if after is None else " WHERE date > ?"
+        rows = self._execute(f"SELECT series, date, sales FROM actuals{since}", () if after is None else (str(after),))
         frame = pd.DataFrame([[*json.loads(s), d, v] for s, d, v in rows], columns=[*keys, "date", "sales"])
         frame["date"] = pd.to_datetime(frame["date"])
         return frame

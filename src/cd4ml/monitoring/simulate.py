@@ -137,6 +137,14 @@ class Gateway:
     def reload(self) -> None:
         self.client.post("/admin/reload", headers={"Authorization": f"Bearer {self.token}"}).raise_for_status()
 
+    def advance(self, day: date) -> None:
+        """The day's actuals are all in: the gateway forecasts from it."""
+        self.client.post(
+            "/admin/origin",
+            json={"complete_through": day.isoformat()},
+            headers={"Authorization": f"Bearer {self.token}"},
+        ).raise_for_status()
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=60)
@@ -213,7 +221,7 @@ def simulate(workdir: Path, scenario: Scenario, progress=print) -> list[Day]:
             day = cutoff + timedelta(days=n)
             started[n] = time.time()
             sent = serve_day(gateway, world, series, day)
-            gateway.reload()  # the day's actuals move the forecast origin
+            gateway.advance(day)  # the day's actuals are all in: the forecast origin moves
             since = started[max(1, n - scenario.window_days + 1)]
             summary = monitor_window(ws, since, None, policy)
             overrides = [*base, f"data.until={day}", *(WEAK_MODEL if scenario.kind == "bad-release" else [])]

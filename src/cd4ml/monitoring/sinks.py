@@ -13,6 +13,8 @@ from urllib.parse import urlparse
 
 import orjson
 
+from cd4ml.monitoring.database import PostgresDatabase
+
 COLUMNS = [
     "request_id",
     "ts",
@@ -78,28 +80,24 @@ class SQLiteSink:
 
 
 class PostgresSink:
-    """A PostgreSQL table, for several gateway replicas and for monitoring at scale."""
+    """A PostgreSQL table, for several gateway replicas and for monitoring at scale. Batches go
+    through a checked connection pool: after a server restart the next batch reconnects."""
 
     def __init__(self, url: str):
-        import psycopg2
-
-        self.db = psycopg2.connect(url)
-        with self.db, self.db.cursor() as cur:
-            cur.execute(
-                "CREATE TABLE IF NOT EXISTS predictions (request_id TEXT, ts DOUBLE PRECISION, model_name TEXT, "
-                "model_version TEXT, arm TEXT, rows JSONB, predictions JSONB, contributions JSONB, "
-                "latency_ms DOUBLE PRECISION, origin TEXT)"
-            )
-            cur.execute("ALTER TABLE predictions ADD COLUMN IF NOT EXISTS origin TEXT")
-            cur.execute("CREATE INDEX IF NOT EXISTS predictions_request ON predictions (request_id)")
+        self.db = PostgresDatabase(url, max_size=1)  # one writer thread
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS predictions (request_id TEXT, ts DOUBLE PRECISION, model_name TEXT, "
+            "model_version TEXT, arm TEXT, rows JSONB, predictions JSONB, contributions JSONB, "
+            "latency_ms DOUBLE PRECISION, origin TEXT)"
+        )
+        self.db.execute("ALTER TABLE predictions ADD COLUMN IF NOT EXISTS origin TEXT")
+        self.db.execute("CREATE INDEX IF NOT EXISTS predictions_request ON predictions (request_id)")
 
     def write(self, records: list[dict[str, Any]]) -> None:
-        from psycopg2.extras import execute_values
-
-        with self.db, self.db.cursor() as cur:
-            execute_values(
-                cur, f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES %s", [_values(r) for r in records]
-            )
+        marks = ", ".join(["%s"] * len(COLUMNS))
+        self.db.executemany(
+            f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES ({marks})", [_values(r) for r in records]
+        )
 
     def close(self) -> None:
         self.db.close()

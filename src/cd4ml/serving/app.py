@@ -1,6 +1,7 @@
 """The gateway's app factory: `create_app(settings)` builds an isolated, fully wired gateway."""
 
 import asyncio
+import logging
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -12,7 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from cd4ml.monitoring.feedback import DuplicateFeedback, FeedbackStore, ServedIndex, SplitRequest
+from cd4ml.monitoring.database import StoreUnavailable
+from cd4ml.monitoring.feedback import DuplicateFeedback, FeedbackStore, OriginError, ServedIndex, SplitRequest
 from cd4ml.monitoring.predictionlog import PredictionLogger
 from cd4ml.routing import Routing, load_routing, save_routing
 from cd4ml.serving.arms import Arms, registry_handle
@@ -20,9 +22,17 @@ from cd4ml.serving.fastpath import FastPredict
 from cd4ml.serving.guards import Guard
 from cd4ml.serving.online import register_snapshot
 from cd4ml.serving.predicting import Predictions, learn_online
-from cd4ml.serving.requests import AlertmanagerWebhook, FeedbackRequest, PredictResponse, request_models
+from cd4ml.serving.requests import (
+    AlertmanagerWebhook,
+    FeedbackRequest,
+    OriginRequest,
+    PredictResponse,
+    request_models,
+)
 from cd4ml.serving.settings import GatewaySettings
 from cd4ml.serving.telemetry import Telemetry
+
+log = logging.getLogger("cd4ml.gateway")
 
 
 class JSON(Response):
@@ -53,15 +63,9 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> Gatewa
     telemetry = Telemetry()
     routing_file = settings.resolved_routing_file()
     feedback_store = FeedbackStore(settings.resolved_feedback())
-    keys: list[str] = []
-    arms = Arms(
-        settings,
-        load_routing(routing_file),
-        make_handle,
-        actuals=lambda: feedback_store.actuals_frame(keys) if keys else None,
-    )
+    arms = Arms(settings, load_routing(routing_file), make_handle, store=feedback_store)
     champion = arms.champion.current
-    keys.extend(champion.spec.series_keys)
+    keys = champion.spec.series_keys
     _, PredictRequest = request_models(champion.spec, champion.key_kinds(), settings.max_rows)
     served = ServedIndex(log_url=settings.resolved_log())
     predictions = Predictions(arms, settings, telemetry, served)
@@ -101,6 +105,14 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> Gatewa
         while True:
             await asyncio.sleep(settings.poll_seconds)
             await sync_routing()
+            await follow_origin()
+
+    async def follow_origin() -> None:
+        """Serve from the store's complete-through date once another process recorded a later one."""
+        try:
+            await run_in_threadpool(arms.follow_store)
+        except StoreUnavailable as exc:
+            log.warning("feedback store unavailable, origin unchanged: %s", exc)
 
     app = Gateway(
         title="cd4ml gateway",
@@ -123,7 +135,13 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> Gatewa
     def require_admin(authorization: str | None = Header(None)) -> None:
         expected = settings.admin_token
         given = (authorization or "").removeprefix("Bearer ").strip()
-        if not expected or not secrets.compare_digest(given.encode(), expected.encode()):
+        if not expected:
+            raise HTTPException(
+                401,
+                "admin is disabled: this gateway was started without CD4ML_ADMIN_TOKEN",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not secrets.compare_digest(given.encode(), expected.encode()):
             raise HTTPException(
                 401,
                 "admin endpoints need 'Authorization: Bearer <CD4ML_ADMIN_TOKEN>'",
@@ -131,7 +149,7 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> Gatewa
             )
 
     @app.post("/predict", response_model=PredictResponse, responses={413: {"description": "body too large"}})
-    async def predict(
+    def predict(
         request: PredictRequest,
         explain: bool = Query(False, description="add top feature contributions"),
         x_client_id: str | None = Header(None, description="sticky assignment key for canary/A-B"),
@@ -141,8 +159,9 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> Gatewa
         return JSON(predictions.answer(request, explain, x_client_id))
 
     @app.post("/feedback")
-    async def feedback(body: FeedbackRequest):
-        """Observed sales (`actual`) and/or a user reward in [0, 1] for a served request."""
+    def feedback(body: FeedbackRequest):
+        """Observed sales (`actual`) and/or a user reward in [0, 1] for a served request.
+        (A plain `def`: FastAPI runs it in its thread pool, so store I/O never blocks the loop.)"""
         try:
             known = served.get(body.request_id)
         except SplitRequest as exc:
@@ -182,7 +201,11 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> Gatewa
         if body.reward is not None:
             recorded.append("reward")
             if arms.routing.strategy == "bandit":
-                arms.bandit().reward(known.arm, body.reward)
+                try:
+                    arms.bandit().reward(known.arm, body.reward)
+                except StoreUnavailable as exc:  # kept in the feedback store; the bandit misses it
+                    arms.bandit_fallbacks += 1
+                    log.warning("bandit store unavailable, reward not applied: %s", exc)
         telemetry.feedback.labels(known.arm).inc()
         return {
             "request_id": body.request_id,
@@ -232,8 +255,10 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> Gatewa
 
     @app.post("/admin/reload", dependencies=[Depends(require_admin)])
     async def reload():
-        """Re-read routing.yaml and the registry aliases now, and fold in new actuals."""
+        """Re-read routing.yaml, the registry aliases and the recorded origin now. Observed sales
+        alone never move the origin: see POST /admin/origin."""
         await sync_routing()
+        await follow_origin()
         results = {arm: await run_in_threadpool(h.reload) for arm, h in arms.handles.items()}
         return {
             "changed": any(c for c, _ in results.values()),
@@ -241,6 +266,20 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> Gatewa
             "live": arms.champion.describe(),
             "arms": arms.live(),
         }
+
+    @app.post("/admin/origin", dependencies=[Depends(require_admin)])
+    async def advance_origin(body: OriginRequest):
+        """Record that actuals are complete through a date and forecast from it, every arm."""
+        try:
+            await run_in_threadpool(arms.advance, body.complete_through, "POST /admin/origin")
+        except OriginError as exc:
+            raise HTTPException(409, str(exc)) from None
+        except StoreUnavailable as exc:
+            raise HTTPException(503, str(exc)) from None
+        failed = {arm: h.last_error for arm, h in arms.handles.items() if h.last_error}
+        if failed:
+            raise HTTPException(500, f"origin recorded, but not every arm could load at it: {failed}")
+        return {"origin": arms.origin().isoformat(), "arms": arms.live()}
 
     alert_lock = asyncio.Lock()
 

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
+import time
 from collections.abc import Callable
+from datetime import date
 
+from cd4ml.monitoring.database import StoreUnavailable
+from cd4ml.monitoring.feedback import FeedbackStore
 from cd4ml.routing import CHAMPION_ARM, ONLINE_ARM, Routing, sticky_choice
 from cd4ml.serving.bandits import BanditStore, choose, open_store
 from cd4ml.serving.models import LoadedModel, ModelHandle
 from cd4ml.serving.online import OnlineLearner
 from cd4ml.serving.settings import GatewaySettings
+
+log = logging.getLogger("cd4ml.gateway")
+BANDIT_COOLDOWN = 2.0  # seconds the champion serves alone after the bandit store failed
 
 
 def registry_handle(settings: GatewaySettings, target: str) -> ModelHandle:
@@ -39,38 +47,77 @@ def registry_handle(settings: GatewaySettings, target: str) -> ModelHandle:
 
 
 class Arms:
-    """Live handles per arm plus the routing that chooses among them."""
+    """Live handles per arm plus the routing that chooses among them.
 
-    def __init__(self, settings: GatewaySettings, routing: Routing, make_handle=registry_handle, actuals=None):
-        self.settings, self.make_handle, self.actuals = settings, make_handle, actuals
+    Every arm serves one origin: the later of the recorded complete-through date (`store`) and
+    the champion's own last day. An arm whose bundle ends earlier is taken there with the
+    observed sales; one that ends later serves from the same origin regardless."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        routing: Routing,
+        make_handle=registry_handle,
+        store: FeedbackStore | None = None,
+    ):
+        self.settings, self.make_handle, self.store = settings, make_handle, store
         self.handles: dict[str, ModelHandle] = {}
         self.rng = random.Random()
         self._lock = threading.Lock()
         self._bandit: BanditStore | None = None
+        self.bandit_fallbacks = 0  # requests served by the champion because the bandit store failed
+        self._bandit_retry_at = 0.0
         self.learners: dict[str, OnlineLearner] = {}
         self.routing = routing
         self.routing_error: str | None = None
         self.fields: str | None = None  # request fields every arm's model must take
+        self.complete_through = store.complete_through() if store else None
+        self._champion: ModelHandle | None = None
         self.apply(routing)
+
+    def origin(self) -> date:
+        """The day every arm forecasts from."""
+        return self._champion.current.scorer.origin
+
+    def _origin_for(self, arm: str) -> Callable[[date], date]:
+        if arm == CHAMPION_ARM:
+            return lambda end: max(end, self.complete_through or end)
+        return lambda end: self.origin()
+
+    def _champion_swapped(self) -> None:
+        """A champion with another origin takes the other arms there too."""
+        for arm, handle in list(self.handles.items()):
+            if arm != CHAMPION_ARM and handle.current and handle.current.scorer.origin != self.origin():
+                handle.reload()
+
+    def follow_store(self) -> dict[str, tuple[bool, str]]:
+        """Serve from the store's complete-through date if it moved (e.g. `cd4ml actuals
+        --complete-through`, another replica's advance): reload each arm, champion first."""
+        self.complete_through = self.store.complete_through() if self.store else None
+        return {arm: self.handles[arm].reload() for arm in sorted(self.handles, key=lambda a: a != CHAMPION_ARM)}
+
+    def advance(self, through: date, source: str) -> dict[str, tuple[bool, str]]:
+        """Record that actuals are complete through `through` and serve from it (OriginError if
+        earlier than the recorded date)."""
+        if self.store is None:
+            raise ValueError("this gateway has no feedback store to record an origin in")
+        self.store.mark_complete(through, source)
+        return self.follow_store()
 
     def apply(self, routing: Routing) -> dict[str, str]:
         """Switch to `routing`: load new arms first, so a failing arm leaves the old routing live."""
         with self._lock:
-            fresh = {}
-            # the champion first: the first model loaded fixes the request schema
-            for arm, target in sorted(routing.arms.items(), key=lambda pair: pair[0] != CHAMPION_ARM):
-                handle = self.handles.get(arm)
-                if handle is None or handle.target != target:
-                    handle = self.make_handle(self.settings, target)
-                    handle.target, handle.fields = target, self.fields
-                    if self.actuals:
-                        handle.follow_actuals(self.actuals)
-                    handle.reload()
-                    if handle.current is None:
-                        raise ValueError(f"arm '{arm}' ({target}) cannot be loaded: {handle.last_error}")
-                    if self.fields is None:
-                        self.fields = handle.fields = handle.current.request_fields
-                fresh[arm] = handle
+            fresh: dict[str, ModelHandle] = {}
+            live_champion = self._champion
+            try:
+                # the champion first: the first model loaded fixes the request schema and the origin
+                for arm, target in sorted(routing.arms.items(), key=lambda pair: pair[0] != CHAMPION_ARM):
+                    fresh[arm] = self._handle(arm, target)
+                    if arm == CHAMPION_ARM:
+                        self._champion = fresh[arm]
+            except ValueError:
+                self._champion = live_champion
+                raise
             for arm, handle in self.handles.items():
                 if fresh.get(arm) is not handle:
                     handle.stop()
@@ -83,6 +130,23 @@ class Arms:
             for handle in fresh.values():
                 handle.start_watching()
             return {arm: h.describe() for arm, h in fresh.items()}
+
+    def _handle(self, arm: str, target: str) -> ModelHandle:
+        """The arm's live handle if it follows `target` already, else a new one, loaded."""
+        handle = self.handles.get(arm)
+        if handle is not None and handle.target == target:
+            return handle
+        handle = self.make_handle(self.settings, target)
+        handle.target, handle.fields = target, self.fields
+        handle.origin, handle.actuals = self._origin_for(arm), self.store.actuals_frame if self.store else None
+        if arm == CHAMPION_ARM:
+            handle.on_swap = self._champion_swapped
+        handle.reload()
+        if handle.current is None:
+            raise ValueError(f"arm '{arm}' ({target}) cannot be loaded: {handle.last_error}")
+        if self.fields is None:
+            self.fields = handle.fields = handle.current.request_fields
+        return handle
 
     @property
     def champion(self) -> ModelHandle:
@@ -101,9 +165,23 @@ class Arms:
         if routing.strategy in {"canary", "ab", "online"}:
             return sticky_choice(routing, sticky_key())
         if routing.strategy == "bandit":
-            arms = list(routing.arms)
-            return choose(routing.bandit.policy, self.bandit().stats(arms), routing.bandit.epsilon, self.rng)
+            return self._bandit_choice(routing)
         return CHAMPION_ARM
+
+    def _bandit_choice(self, routing: Routing) -> str:
+        """The bandit's arm; the champion (counted in `bandit_fallbacks`) while its store fails,
+        and for BANDIT_COOLDOWN seconds after, so an outage costs no request a timeout each."""
+        if time.monotonic() < self._bandit_retry_at:
+            self.bandit_fallbacks += 1
+            return CHAMPION_ARM
+        try:
+            stats = self.bandit().stats(list(routing.arms))
+        except StoreUnavailable as exc:
+            self.bandit_fallbacks += 1
+            self._bandit_retry_at = time.monotonic() + BANDIT_COOLDOWN
+            log.warning("bandit store unavailable, serving the champion for %s s: %s", BANDIT_COOLDOWN, exc)
+            return CHAMPION_ARM
+        return choose(routing.bandit.policy, stats, routing.bandit.epsilon, self.rng)
 
     def shadows(self, primary: str) -> list[str]:
         if self.routing.strategy != "shadow":

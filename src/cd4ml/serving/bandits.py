@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
+from cd4ml.monitoring.database import PostgresDatabase, SQLiteDatabase, StoreUnavailable
+
 DISCOUNT = 0.995
 
 
 class BanditStore(Protocol):
+    """Raises StoreUnavailable when the store cannot answer (the gateway then serves the champion)."""
+
     def stats(self, arms: list[str]) -> dict[str, tuple[float, float]]: ...  # arm → (n, reward sum)
 
     def reward(self, arm: str, value: float) -> None: ...
@@ -27,53 +31,49 @@ class BanditStore(Protocol):
 
 class SQLiteBanditStore:
     def __init__(self, path: Path, discount: float = DISCOUNT):
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.discount = discount
-        self.db = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # a reward is one small commit on the /feedback path: with WAL, NORMAL skips the fsync per
-        # commit (~5 ms → ~0.05 ms) and still survives a crash of the gateway (not of the machine)
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db = SQLiteDatabase(path)
         self.db.execute("CREATE TABLE IF NOT EXISTS bandit (arm TEXT PRIMARY KEY, n REAL, s REAL)")
 
     def stats(self, arms: list[str]) -> dict[str, tuple[float, float]]:
-        rows = dict((a, (n, s)) for a, n, s in self.db.execute("SELECT arm, n, s FROM bandit"))
+        try:
+            rows = {a: (n, s) for a, n, s in self.db.execute("SELECT arm, n, s FROM bandit")}
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"bandit store: {exc}") from exc
+        return {arm: rows.get(arm, (0.0, 0.0)) for arm in arms}
+
+    def reward(self, arm: str, value: float) -> None:
+        g = self.discount
+        try:
+            self.db.execute(
+                "INSERT INTO bandit VALUES (?, 1, ?) ON CONFLICT(arm) DO UPDATE SET n = n * ? + 1, s = s * ? + ?",
+                (arm, value, g, g, value),
+            )
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"bandit store: {exc}") from exc
+
+
+class PostgresBanditStore:
+    """Through a checked connection pool: a server restart fails the statements in flight only."""
+
+    def __init__(self, url: str, discount: float = DISCOUNT):
+        self.discount = discount
+        self.db = PostgresDatabase(url)
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS bandit (arm TEXT PRIMARY KEY, n DOUBLE PRECISION, s DOUBLE PRECISION)"
+        )
+
+    def stats(self, arms: list[str]) -> dict[str, tuple[float, float]]:
+        rows = {a: (n, s) for a, n, s in self.db.execute("SELECT arm, n, s FROM bandit")}
         return {arm: rows.get(arm, (0.0, 0.0)) for arm in arms}
 
     def reward(self, arm: str, value: float) -> None:
         g = self.discount
         self.db.execute(
-            "INSERT INTO bandit VALUES (?, 1, ?) ON CONFLICT(arm) DO UPDATE SET n = n * ? + 1, s = s * ? + ?",
+            "INSERT INTO bandit VALUES (?, 1, ?) ON CONFLICT (arm) DO UPDATE "
+            "SET n = bandit.n * ? + 1, s = bandit.s * ? + ?",
             (arm, value, g, g, value),
         )
-
-
-class PostgresBanditStore:
-    def __init__(self, url: str, discount: float = DISCOUNT):
-        import psycopg2
-
-        self.discount = discount
-        self.db = psycopg2.connect(url)
-        self.db.autocommit = True
-        with self.db.cursor() as cur:
-            cur.execute(
-                "CREATE TABLE IF NOT EXISTS bandit (arm TEXT PRIMARY KEY, n DOUBLE PRECISION, s DOUBLE PRECISION)"
-            )
-
-    def stats(self, arms: list[str]) -> dict[str, tuple[float, float]]:
-        with self.db.cursor() as cur:
-            cur.execute("SELECT arm, n, s FROM bandit")
-            rows = {a: (n, s) for a, n, s in cur.fetchall()}
-        return {arm: rows.get(arm, (0.0, 0.0)) for arm in arms}
-
-    def reward(self, arm: str, value: float) -> None:
-        g = self.discount
-        with self.db.cursor() as cur:
-            cur.execute(
-                "INSERT INTO bandit VALUES (%s, 1, %s) ON CONFLICT (arm) DO UPDATE "
-                "SET n = bandit.n * %s + 1, s = bandit.s * %s + %s",
-                (arm, value, g, g, value),
-            )
 
 
 REDIS_REWARD = """
@@ -81,25 +81,39 @@ local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
 local s = tonumber(redis.call('HGET', KEYS[1], 's') or '0')
 redis.call('HSET', KEYS[1], 'n', n * ARGV[1] + 1, 's', s * ARGV[1] + ARGV[2])
 """
+REDIS_TIMEOUT = 0.5  # seconds to connect or to answer: the store is asked on the request path
 
 
 class RedisBanditStore:
     def __init__(self, url: str, discount: float = DISCOUNT, prefix: str = "cd4ml:bandit:"):
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         self.discount, self.prefix = discount, prefix
-        self.db = redis.Redis.from_url(url)
+        # one immediate retry replaces a connection a Redis restart broke; redis-py's default
+        # (3 retries, backoff up to seconds) would hold every request during an outage
+        self.db = redis.Redis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT, retry=Retry(NoBackoff(), 1)
+        )
         self._reward = self.db.register_script(REDIS_REWARD)
+        self._errors = redis.RedisError
 
     def stats(self, arms: list[str]) -> dict[str, tuple[float, float]]:
-        result = {}
-        for arm in arms:
-            values = self.db.hgetall(self.prefix + arm)
-            result[arm] = (float(values.get(b"n", 0)), float(values.get(b"s", 0)))
-        return result
+        try:
+            with self.db.pipeline(transaction=False) as pipe:
+                for arm in arms:
+                    pipe.hgetall(self.prefix + arm)
+                found = pipe.execute()
+        except self._errors as exc:
+            raise StoreUnavailable(f"bandit store (Redis): {exc}") from exc
+        return {arm: (float(v.get(b"n", 0)), float(v.get(b"s", 0))) for arm, v in zip(arms, found, strict=True)}
 
     def reward(self, arm: str, value: float) -> None:
-        self._reward(keys=[self.prefix + arm], args=[self.discount, value])
+        try:
+            self._reward(keys=[self.prefix + arm], args=[self.discount, value])
+        except self._errors as exc:
+            raise StoreUnavailable(f"bandit store (Redis): {exc}") from exc
 
 
 def open_store(url: str) -> BanditStore:

@@ -11,6 +11,7 @@ stay FastAPI's.
 from __future__ import annotations
 
 import orjson
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
@@ -34,7 +35,11 @@ class FastPredict:
         if body is None:  # the client went away
             return
         try:
-            answer = self.predictions.answer(self.request_model.model_validate_json(body), explain, client_id)
+            request = self.request_model.model_validate_json(body)
+            if self.predictions.touches_store:  # the bandit asks its store: off the event loop
+                answer = await run_in_threadpool(self.predictions.answer, request, explain, client_id)
+            else:  # memory only: a thread hop would cost more than the answer
+                answer = self.predictions.answer(request, explain, client_id)
         except (ValidationError, RequestValidationError):
             return await self.app(scope, _replay(body, receive), send)
         content = orjson.dumps(answer)

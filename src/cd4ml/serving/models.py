@@ -11,12 +11,18 @@ import gc
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cd4ml.scoring import FeatureTable, Scorer
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("cd4ml.gateway")
 
@@ -29,8 +35,8 @@ class LoadedModel:
     scorer: Scorer
     table: FeatureTable
     bundle: Path
+    data_end: date  # the last day of the bundle's own history (the origin it was trained for)
     loaded_at: float = field(default_factory=time.time)
-    actuals_seen: int = 0  # observed sales rows folded into its history
 
     @property
     def spec(self):
@@ -90,18 +96,34 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-def load(uri: str, name: str, version: str, bundle: Path, actuals=None) -> LoadedModel:
-    """Load a bundle (its history extended by `actuals`, if any) and warm it: build the feature
-    table and run one prediction."""
+Actuals = Callable[[list[str], date], "pd.DataFrame"]  # (series keys, day) -> observed sales dated after it
+
+
+def load(
+    uri: str,
+    name: str,
+    version: str,
+    bundle: Path,
+    origin: Callable[[date], date] | None = None,
+    actuals: Actuals | None = None,
+) -> LoadedModel:
+    """Load a bundle and warm it: build the feature table and run one prediction.
+
+    `origin` maps the bundle's last day to the day it serves from (default: that day): a later
+    one adds the observed sales up to it from `actuals`, an earlier one ignores newer history."""
     from cd4ml.scoring import Predictor, SeriesData
 
     predictor = Predictor.read(bundle)
     data = SeriesData.read(bundle)
-    if actuals is not None and len(actuals):
-        data = data.extended(actuals, predictor.spec.series_keys, predictor.spec.period_days)
-    score = Scorer(predictor, data)
+    data_end = data.last_date
+    served_from = origin(data_end) if origin else data_end
+    if served_from > data_end and actuals is not None:
+        data = data.with_actuals(
+            actuals(predictor.spec.series_keys, data.last_date), predictor.spec.series_keys, served_from
+        )
+    score = Scorer(predictor, data, served_from)
     table = FeatureTable(score)
-    model = LoadedModel(name, version, uri, score, table, bundle)
+    model = LoadedModel(name, version, uri, score, table, bundle, data_end)
     model.predict(table.matrix[:1])
     model.contributions(table.matrix[:1])
     return model
@@ -110,10 +132,12 @@ def load(uri: str, name: str, version: str, bundle: Path, actuals=None) -> Loade
 class ModelHandle:
     """The live model of one alias; reloads when the alias moves."""
 
-    def __init__(self, resolve, fetch, poll_seconds: float, actuals=None):
+    def __init__(self, resolve, fetch, poll_seconds: float):
         self._resolve = resolve  # () -> (uri, name, version) the alias points at now
         self._fetch = fetch  # uri -> local bundle folder
-        self._actuals = actuals or (lambda: None)  # () -> observed sales (keys, date, sales) or None
+        self.origin: Callable[[date], date] = lambda end: end  # a bundle's last day -> the day it serves from
+        self.actuals: Actuals | None = None  # observed sales that take a bundle up to that day
+        self.on_swap: Callable[[], object] = lambda: None
         self.poll_seconds = poll_seconds
         self.target = ""  # the alias or version this handle follows
         self.fields: str | None = None  # the request fields the gateway validates; others are refused
@@ -127,28 +151,23 @@ class ModelHandle:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def reload(self, with_new_actuals: bool = True) -> tuple[bool, str]:
-        """Load the alias' version if it differs from the live one — or, with `with_new_actuals`,
-        if observed sales arrived since it was loaded; (changed, message).
-
-        The alias watcher passes False: actuals trickle in request by request, so the origin
-        moves only when someone says a day is complete (POST /admin/reload, `cd4ml actuals`).
-        """
+    def reload(self) -> tuple[bool, str]:
+        """Load the alias' version at the gateway's origin unless both are live already;
+        (changed, message). Actuals alone never trigger a load: the origin moves only when
+        someone records that a day is complete (see `FeedbackStore.mark_complete`)."""
         with self._lock:
             uri = None
             try:
                 uri, name, version = self._resolve()
-                actuals = self._actuals()
-                count = 0 if actuals is None else len(actuals)
                 current = self.current
                 same_model = current and current.version == version and current.uri == uri
-                if same_model and (not with_new_actuals or count == current.actuals_seen):
+                if same_model and self.origin(current.data_end) == current.scorer.origin:
                     if self._failed != uri:  # the alias is back on the live version after another failed
                         self.last_error = None
-                    return False, f"{name} v{version} already live"
+                    return False, f"{name} v{version} already live (origin {current.scorer.origin})"
                 if uri == self._refused:  # the same answer every poll: not loaded again until the alias moves
                     return False, self.last_error or ""
-                model = load(uri, name, version, self._fetch(uri), actuals)
+                model = load(uri, name, version, self._fetch(uri), self.origin, self.actuals)
                 if self.fields is not None and model.request_fields != self.fields:
                     self._refused = uri
                     raise ValueError(
@@ -162,18 +181,14 @@ class ModelHandle:
                 log.error("model load failed, keeping %s: %s", self.describe(), self.last_error)
                 return False, self.last_error
             previous = self.describe()
-            model.actuals_seen = 0 if actuals is None else len(actuals)
             self.current = model
             self.last_error, self._failed, self._refused = None, None, None
             self.reloads += 1
             del current, model  # the old model only lives on in requests still using it
             _freeze_heap()
             log.info("model swapped: %s → %s v%s (origin %s)", previous, name, version, self.current.scorer.origin)
-            return True, f"{previous} → {name} v{version} (origin {self.current.scorer.origin})"
-
-    def follow_actuals(self, actuals) -> None:
-        """Extend the live model's history with observed sales from `actuals()` on each reload."""
-        self._actuals = actuals
+        self.on_swap()
+        return True, f"{previous} → {name} v{version} (origin {self.current.scorer.origin})"
 
     def describe(self) -> str:
         return f"{self.current.name} v{self.current.version}" if self.current else "none"
@@ -186,7 +201,7 @@ class ModelHandle:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_seconds):
-            self.reload(with_new_actuals=False)
+            self.reload()
 
     def stop(self) -> None:
         self._stop.set()

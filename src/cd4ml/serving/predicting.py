@@ -136,6 +136,11 @@ class Predictions:
         self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
         self._shadow_slots = threading.BoundedSemaphore(settings.shadow_queue)  # loop and shadow threads
 
+    @property
+    def touches_store(self) -> bool:
+        """Whether answering asks a store (the bandit's statistics), not only memory."""
+        return self.arms.routing.strategy == "bandit"
+
     def answer(self, request, explain: bool, client_id: str | None) -> dict:
         """The response body for a parsed request. Every row is scored before anything is logged:
         a 422 (RequestValidationError) leaves no trace."""

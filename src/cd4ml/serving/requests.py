@@ -63,6 +63,11 @@ class PredictResponse(BaseModel):
 Actual = Annotated[float, Field(allow_inf_nan=False)]
 
 
+class OriginRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    complete_through: date = Field(description="the last day whose actuals are all in: the new forecast origin")
+
+
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

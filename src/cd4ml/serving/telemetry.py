@@ -13,6 +13,7 @@ KNOWN_PATHS = {
     "/metrics",
     "/",
     "/admin/reload",
+    "/admin/origin",
     "/admin/routing",
     "/api/catalog",
 }
@@ -54,6 +55,11 @@ class Telemetry:
         )
         self.log_depth = Gauge("cd4ml_log_queue_depth", "prediction records waiting", registry=self.registry)
         self.log_dropped = Counter("cd4ml_log_dropped", "prediction records dropped", registry=self.registry)
+        self.bandit_fallbacks = Gauge(
+            "cd4ml_bandit_fallbacks",
+            "requests served by the champion because the bandit store failed, since start",
+            registry=self.registry,
+        )
 
         self._children: dict[tuple, object] = {}
 
@@ -81,5 +87,6 @@ class Telemetry:
             self.model_info.labels(live["arm"], live["name"], live["version"]).set(1)
         self.swaps.set(sum(h.reloads for h in arms.handles.values()))
         self.load_failures.set(sum(h.failures for h in arms.handles.values()))
+        self.bandit_fallbacks.set(arms.bandit_fallbacks)
         self.log_depth.set(log_depth)
         return generate_latest(self.registry)
