@@ -12,11 +12,19 @@ import hashlib
 import importlib.metadata
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from cd4ml.redaction import redact
+
+if TYPE_CHECKING:
+    from mlflow.exceptions import MlflowException
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+ABSENT = "RESOURCE_DOES_NOT_EXIST"  # MLflow's error code for "no such model/version": not "unknown"
 RUN_MODEL = "model"  # the name a run's bundle is logged under: runs:/<run_id>/model
 RUNTIME_PACKAGES = [
     "pandas",
@@ -99,53 +107,77 @@ class AliasMove:
 
 
 class Registry:
-    """Versions and aliases of one registered model."""
+    """Versions and aliases of one registered model.
+
+    Only MLflow's RESOURCE_DOES_NOT_EXIST reads as "absent"; any other MLflow error (a tracking
+    server answering 500, a locked database) is a RegistryError, so an unreadable champion can
+    never pass for "no champion yet" and let a model skip the comparison with it.
+    """
 
     def __init__(self, tracking_uri: str, name: str):
-        self.client, self.name = client(tracking_uri), name
+        self.client, self.name, self.tracking_uri = client(tracking_uri), name, tracking_uri
+
+    def _failed(self, what: str, exc: MlflowException) -> RegistryError:
+        """An MLflow error while doing `what`, said with the registry's address (credentials redacted)."""
+        return RegistryError(
+            f"{self.name}: cannot {what}: the registry at {redact(self.tracking_uri)} answered "
+            f"{exc.error_code}: {redact(exc.message)}"
+        )
+
+    @contextmanager
+    def _asking(self, what: str) -> Iterator[None]:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            yield
+        except MlflowException as exc:
+            raise self._failed(what, exc) from exc
 
     def register(self, model_uri: str, run_id: str, tags: dict[str, str]) -> str:
         import mlflow
 
-        version = mlflow.register_model(model_uri, self.name, tags=tags)
+        with self._asking("register a version"):
+            version = mlflow.register_model(model_uri, self.name, tags=tags)
         return str(version.version)
 
     def alias(self, alias: str) -> str | None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return str(self.client.get_model_version_by_alias(self.name, alias).version)
-        except MlflowException:
-            return None
+        """The version `alias` names; None only when the registry says there is none."""
+        return self.aliases().get(alias)
 
     def aliases(self) -> dict[str, str]:
-        """alias → version for every alias of the model."""
+        """alias → version for every alias of the model ({} for a model not registered yet)."""
         from mlflow.exceptions import MlflowException
 
         try:
-            return {a: str(v) for a, v in self.client.get_registered_model(self.name).aliases.items()}
-        except MlflowException:
-            return {}
+            model = self.client.get_registered_model(self.name)
+        except MlflowException as exc:
+            if exc.error_code == ABSENT:
+                return {}
+            raise self._failed("read its aliases", exc) from exc
+        return {a: str(v) for a, v in model.aliases.items()}
 
     def versions(self) -> list[Any]:
-        found = self.client.search_model_versions(f"name = '{self.name}'")
+        with self._asking("list its versions"):
+            found = self.client.search_model_versions(f"name = '{self.name}'")
         return sorted(found, key=lambda v: int(v.version), reverse=True)
 
     def move(self, alias: str, version: str | None, why: str, who: str | None = None) -> AliasMove:
         """Point `alias` at `version` (None removes it) and record the move."""
         previous = self.alias(alias)
-        if version is None:
-            if previous is not None:
-                self.client.delete_registered_model_alias(self.name, alias)
-        else:
-            self._check_version(version)
-            self.client.set_registered_model_alias(self.name, alias, version)
+        with self._asking(f"move '{alias}'"):
+            if version is None:
+                if previous is not None:
+                    self.client.delete_registered_model_alias(self.name, alias)
+            else:
+                self._check_version(version)
+                self.client.set_registered_model_alias(self.name, alias, version)
         return self.record(alias, previous, version, why, who)
 
     def record(self, alias: str, before: str | None, after: str | None, why: str, who: str | None = None) -> AliasMove:
         """Add one entry to the history (aliases, and routing changes under the name 'routing')."""
         move = AliasMove(alias, before, after, who or current_user(), why, time.time())
-        self._record(move)
+        with self._asking("record the move in its history"):
+            self._record(move)
         return move
 
     def _check_version(self, version: str) -> None:
@@ -154,6 +186,8 @@ class Registry:
         try:
             self.client.get_model_version(self.name, version)
         except MlflowException as exc:
+            if exc.error_code != ABSENT:
+                raise
             known = ", ".join(str(v.version) for v in self.versions()) or "none"
             raise RegistryError(f"{self.name} has no version {version} (versions: {known})") from exc
 
@@ -174,12 +208,13 @@ class Registry:
 
     def history(self, alias: str | None = None) -> list[AliasMove]:
         """Alias moves, oldest first."""
-        found = self.client.get_experiment_by_name(f"{self.name}.aliases")
-        if not found:
-            return []
-        runs = self.client.search_runs(
-            [found.experiment_id], order_by=["attributes.start_time ASC"], max_results=50_000
-        )
+        with self._asking("read its history"):
+            found = self.client.get_experiment_by_name(f"{self.name}.aliases")
+            if not found:
+                return []
+            runs = self.client.search_runs(
+                [found.experiment_id], order_by=["attributes.start_time ASC"], max_results=50_000
+            )
         moves = [
             AliasMove(
                 r.data.tags["alias"],
@@ -265,7 +300,7 @@ def last_run_with_model(tracking_uri: str, experiment: str) -> str:
 
     found = client(tracking_uri).get_experiment_by_name(experiment)
     if found is None:
-        raise RegistryError(f"no experiment '{experiment}' in {tracking_uri}: run `cd4ml run` first")
+        raise RegistryError(f"no experiment '{experiment}' in {redact(tracking_uri)}: run `cd4ml run` first")
     logged = mlflow.search_logged_models(
         experiment_ids=[found.experiment_id], filter_string=f"name = '{RUN_MODEL}'", output_format="list"
     )
@@ -319,4 +354,4 @@ def resolve_bundle(model: str, tracking_uri: str, cache: Path) -> Path:
     try:
         return download_bundle(model, tracking_uri, folder)
     except MlflowException as exc:
-        raise RegistryError(f"cannot load {model} from {tracking_uri}: {exc.message}") from exc
+        raise RegistryError(f"cannot load {model} from {redact(tracking_uri)}: {redact(exc.message)}") from exc

@@ -110,7 +110,7 @@ def stage(name: str, workdir: Path = WORKDIR) -> None:
     workdir = workdir.resolve()
     from cd4ml.config import Paths, tracking_uri
     from cd4ml.gates import EXIT_GATE_FAILED, GateFailed
-    from cd4ml.registry import kept_model_note
+    from cd4ml.registry import RegistryError, kept_model_note
     from cd4ml.tracking import read_run
 
     try:
@@ -126,6 +126,9 @@ def stage(name: str, workdir: Path = WORKDIR) -> None:
     except (DataValidationError, SpecError) as exc:
         record_failure(workdir, name, EXIT_INVALID_DATA, "invalid data (see reports/validation.json)")
         fail(f"invalid data, nothing downstream runs:\n{exc}", EXIT_INVALID_DATA)
+    except RegistryError as exc:  # unknown is not absent: no alias moves on a guess
+        record_failure(workdir, name, 1, f"{exc}; nothing was promoted")
+        fail(f"{exc}; nothing was promoted", 1)
     record_summary(workdir, name, summary)
     if name == "gate":
         _print_gates(workdir)

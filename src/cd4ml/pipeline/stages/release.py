@@ -169,7 +169,9 @@ def _rescored_champion(root: Path, params, data, holdout: pd.DataFrame, origin, 
 
 
 def register(root: Path) -> str:
-    """Register the gated bundle logged by the gate stage: the first becomes champion, later ones challenger."""
+    """Register the gated bundle logged by the gate stage: the first becomes champion, later ones
+    challenger. The champion is looked up first: a registry that cannot say whether there is one
+    fails the stage (RegistryError) before anything is registered or promoted."""
     from cd4ml import tracking
     from cd4ml.config import tracking_uri
     from cd4ml.registry import CHALLENGER, CHAMPION, Registry
@@ -180,8 +182,8 @@ def register(root: Path) -> str:
     registry = Registry(tracking_uri(root), params.registry.model_name)
     metrics = json.loads((paths.reports / "metrics.json").read_text())["model"]
     tags = {"gate": "passed", "run_id": run_id, **{f"holdout.{k}": f"{v:.4f}" for k, v in metrics.items()}}
-    version = registry.register(uri, run_id, tags)
     alias = CHALLENGER if registry.alias(CHAMPION) else CHAMPION
+    version = registry.register(uri, run_id, tags)
     registry.move(alias, version, "passed all gates in cd4ml run")
     write_json(
         root / "models" / "registered.json",
