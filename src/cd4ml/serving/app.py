@@ -132,6 +132,11 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> Gatewa
         ]
         return JSON({"detail": detail}, status_code=422)
 
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(request, exc: StoreUnavailable):
+        """A store outage is the server's trouble, said plainly: retry later."""
+        return JSON({"detail": str(exc)}, status_code=503)
+
     def require_admin(authorization: str | None = Header(None)) -> None:
         expected = settings.admin_token
         given = (authorization or "").removeprefix("Bearer ").strip()
