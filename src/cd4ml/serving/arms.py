@@ -93,7 +93,10 @@ class Arms:
     def follow_store(self) -> dict[str, tuple[bool, str]]:
         """Serve from the store's complete-through date if it moved (e.g. `cd4ml actuals
         --complete-through`, another replica's advance): reload each arm, champion first."""
-        self.complete_through = self.store.complete_through() if self.store else None
+        recorded = self.store.complete_through() if self.store else None
+        if recorded == self.complete_through:
+            return {}
+        self.complete_through = recorded
         return {arm: self.handles[arm].reload() for arm in sorted(self.handles, key=lambda a: a != CHAMPION_ARM)}
 
     def advance(self, through: date, source: str) -> dict[str, tuple[bool, str]]:
