@@ -61,7 +61,8 @@ class PostgresDatabase:
     postgres = True
 
     def __init__(self, url: str, max_size: int = 4):
-        from psycopg_pool import ConnectionPool
+        import psycopg
+        from psycopg_pool import ConnectionPool, PoolTimeout
 
         self.pool = ConnectionPool(
             url,
@@ -78,11 +79,13 @@ class PostgresDatabase:
             name="cd4ml",
         )
         self.where = _where(url)
-        try:
+        try:  # one direct connection first: its error says why (the pool's only that it timed out)
+            psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT).close()
             self.pool.open(wait=True, timeout=CONNECT_TIMEOUT)
-        except Exception as exc:
+        except (psycopg.Error, PoolTimeout) as exc:
             self.pool.close()
-            raise StoreUnavailable(f"PostgreSQL at {self.where} unreachable: {exc}") from None
+            reason = " ".join(str(exc).split())
+            raise StoreUnavailable(f"PostgreSQL at {self.where} unreachable: {reason}") from None
 
     def execute(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._cursor() as cur:

@@ -335,5 +335,9 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> Gatewa
 
 
 def app_from_env() -> Gateway:
-    """Factory for `uvicorn --factory` workers: settings come from CD4ML_* variables."""
-    return create_app(GatewaySettings.from_env())
+    """Factory for `uvicorn --factory` workers: settings come from CD4ML_* variables. A store
+    that cannot be reached ends the process with its message, not a traceback."""
+    try:
+        return create_app(GatewaySettings.from_env())
+    except StoreUnavailable as exc:
+        raise SystemExit(f"error: the gateway cannot start: {exc}") from None
