@@ -141,3 +141,23 @@ def test_lightgbm_beats_seasonal_naive_on_the_sample_holdout(sample_parts, tmp_p
     model_score = nwrmsle(actual, model.predict(X), weight)
     baseline_score = nwrmsle(actual, seasonal_naive(X), weight)
     assert model_score < 0.9 * baseline_score, (model_score, baseline_score)
+
+
+def test_a_tree_model_file_asking_for_other_types_is_refused(tmp_path: Path) -> None:
+    """skops loads only the types a tree or a forest holds: an `sklearn.*` type is not trusted for
+    being scikit-learn's (a histogram booster's TreePredictor was, before the list was explicit)."""
+    import skops.io
+    from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
+
+    from cd4ml.models.base import write_family
+
+    X, y = np.random.default_rng(0).random((60, 3)), np.arange(60.0)
+    for estimator, refused in (
+        (HistGradientBoostingRegressor(max_iter=3), "refused, it asks for types a tree model never holds"),
+        (RandomForestRegressor(n_estimators=2), "holds a RandomForestRegressor, not a DecisionTreeRegressor"),
+    ):
+        folder = tmp_path / type(estimator).__name__
+        write_family(folder, "decision_tree")
+        skops.io.dump(estimator.fit(X, y), folder / "model.skops")
+        with pytest.raises(ValueError, match=refused):
+            load_model(folder)

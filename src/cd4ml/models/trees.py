@@ -17,6 +17,10 @@ from sklearn.tree import DecisionTreeRegressor
 from cd4ml.models.base import write_family
 from cd4ml.target import to_log, to_sales
 
+# Beyond what skops trusts by default (scikit-learn's estimators, numpy arrays), a tree or a
+# forest needs only this; a file asking for anything else is refused, whatever module it names.
+TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
+
 
 class _SklearnForecaster:
     family: ClassVar[str]
@@ -65,11 +69,16 @@ class _SklearnForecaster:
     @classmethod
     def load(cls, directory: Path) -> Self:
         import skops.io
+        from skops.io.exceptions import UntrustedTypesFoundException
 
         path = directory / "model.skops"
-        trusted = [t for t in skops.io.get_untrusted_types(file=path) if t.startswith("sklearn.")]
         model = cls()
-        model.estimator_ = skops.io.load(path, trusted=trusted)
+        try:
+            model.estimator_ = skops.io.load(path, trusted=TRUSTED_TYPES)
+        except UntrustedTypesFoundException as exc:
+            raise ValueError(f"{path}: refused, it asks for types a tree model never holds ({exc})") from None
+        if not isinstance(model.estimator_, cls.estimator_class):
+            raise ValueError(f"{path}: holds a {type(model.estimator_).__name__}, not a {cls.estimator_class.__name__}")
         return model
 
 
