@@ -25,10 +25,12 @@ test: $(STAMP) test-tools
 	$(BIN)/pytest -n 2 --dist loadgroup
 
 # Browser tests use Debian's Chromium (Playwright cannot download its own browser here); the
-# alerting test runs the real Prometheus + Alertmanager pair.
+# alerting test runs the real Prometheus + Alertmanager pair; outage tests kill a redis-server of their own.
 test-tools:
-	@test -x /usr/bin/chromium && command -v prometheus >/dev/null && command -v prometheus-alertmanager >/dev/null || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium prometheus prometheus-alertmanager)
+	@test -x /usr/bin/chromium && command -v prometheus >/dev/null && command -v prometheus-alertmanager >/dev/null \
+	  && command -v redis-server >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium prometheus \
+	    prometheus-alertmanager redis-server)
 
 wrk:
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
