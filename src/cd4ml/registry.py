@@ -331,6 +331,17 @@ def unregistered_reason(tracking_uri: str, run_id: str) -> str | None:
     return f"run {run_id} was not registered: its model is not a registered version"
 
 
+def missing_alias(registry: Registry, alias: str) -> str:
+    """Why `name@alias` names no model: the aliases there are, or that nothing is registered yet."""
+    aliases = registry.aliases()
+    if aliases:
+        known = ", ".join(f"{a} (v{v})" for a, v in sorted(aliases.items()))
+        return f"{registry.name} has no '{alias}' alias; its aliases: {known}"
+    if registry.versions():
+        return f"{registry.name} has no '{alias}' alias and no alias at all: `cd4ml promote VERSION` sets the champion"
+    return f"{registry.name} has no '{alias}' alias: nothing is registered yet, run `cd4ml run` first"
+
+
 def resolve_bundle(model: str, tracking_uri: str, cache: Path) -> Path:
     """A bundle folder from a local path, or from a registry URI (models:/name@alias, runs:/<id>[/model])."""
     local = Path(model).expanduser()
@@ -344,9 +355,10 @@ def resolve_bundle(model: str, tracking_uri: str, cache: Path) -> Path:
 
     if model.startswith("models:/") and "@" in model:  # an alias moves: cache by the version it names
         name, alias = model.removeprefix("models:/").split("@", 1)
-        version = Registry(tracking_uri, name).alias(alias)
+        registry = Registry(tracking_uri, name)
+        version = registry.alias(alias)
         if version is None:
-            raise RegistryError(f"{name} has no '{alias}' alias: run `cd4ml run` first")
+            raise RegistryError(missing_alias(registry, alias))
         model = f"models:/{name}/{version}"
     if (run_id := run_of(model)) and model.removeprefix("runs:/").strip("/") == run_id:
         model = f"runs:/{run_id}/{RUN_MODEL}"

@@ -6,9 +6,11 @@ interval. Every change is recorded in the registry's alias history (alias `routi
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from cd4ml.registry import AliasMove, Registry
+from cd4ml.registry import CHAMPION, AliasMove, Registry
 from cd4ml.routing import CHAMPION_ARM, Routing, load_routing, save_routing
 
 
@@ -24,6 +26,42 @@ def describe(routing: Routing) -> str:
         "bandit": f" policy={routing.bandit.policy}",
     }.get(routing.strategy, "")
     return f"{routing.strategy} [{arms}]{extra}"
+
+
+@dataclass(frozen=True)
+class ReleaseOptions:
+    """What `cd4ml release set` was told; everything not given takes its default."""
+
+    strategy: str
+    arms: dict[str, str] = field(default_factory=dict)
+    share: float | None = None
+    shares: dict[str, float | str] = field(default_factory=dict)
+    policy: str | None = None
+    segment: dict[str, Any] | None = None
+    sticky_by: str | None = None
+
+
+def new_routing(options: ReleaseOptions, current: Routing) -> Routing:
+    """The whole routing for a `release set`: a change replaces the strategy's arms, shares and
+    segment, so nothing of an earlier strategy (e.g. A/B shares naming an arm that is gone) can
+    survive into the next one. Only deployment settings carry over: the hash salt (clients keep
+    their bucket) and where bandit state lives. Raises ValueError (pydantic's) on a bad routing."""
+    arms = dict(options.arms)
+    if not arms and options.strategy != "single":
+        arms = {"challenger": "challenger"}
+    fields: dict[str, Any] = {
+        "strategy": options.strategy,
+        "arms": {CHAMPION_ARM: "champion", **arms},
+        "shares": options.shares,
+        "segment": options.segment,
+        "salt": current.salt,
+        "bandit": {"state": current.bandit.state, **({"policy": options.policy} if options.policy else {})},
+    }
+    if options.share is not None:
+        fields["share"] = options.share
+    if options.sticky_by:
+        fields["sticky_by"] = options.sticky_by
+    return Routing.model_validate(fields)
 
 
 def change_routing(workdir: Path, registry: Registry, routing: Routing, why: str) -> AliasMove:
@@ -45,10 +83,13 @@ def unknown_arms(registry: Registry, routing: Routing) -> list[str]:
     ]
 
 
-def promote(workdir: Path, registry: Registry, version: str, why: str) -> AliasMove:
+def promote(workdir: Path, registry: Registry, version: str, why: str) -> AliasMove | None:
     """Champion → version; a canary, A/B test, shadow or bandit trying that version ends (traffic
-    back to one arm). A release of another version goes on."""
+    back to one arm). A release of another version goes on. None when `version` already is the
+    champion: nothing moves, so the history gets no entry."""
     aliases = registry.aliases()  # before the promotion moves them
+    if aliases.get(CHAMPION) == version:
+        return None
     move = registry.promote(version, why)
     routing = load_routing(routing_path(workdir))
     trying = [

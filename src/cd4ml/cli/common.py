@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import math
+import re
+import warnings
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -20,11 +25,78 @@ console = Console()
 errors = Console(stderr=True, soft_wrap=True)
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+PYDANTIC_LINK = re.compile(r"\n?[ \t]*For further information visit https://errors\.pydantic\.dev\S*")
+
+
+def plain(text: str) -> str:
+    """A message without terminal colour codes or pydantic's documentation links: a user reads
+    what was wrong, not escape sequences or a link about pydantic itself."""
+    return PYDANTIC_LINK.sub("", ANSI.sub("", text))
+
+
+def problems(exc: Exception) -> str:
+    """A pydantic validation error as `field: problem; …` (other errors as their message)."""
+    found = getattr(exc, "errors", None)
+    if not callable(found):
+        return str(exc)
+    return "; ".join(
+        ".".join(map(str, e["loc"])) + (": " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
+        for e in found()
+    )
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Libraries' warnings (MLflow colours some with raw ANSI codes) as one plain line."""
+    errors.print(f"[yellow]warning:[/] {plain(str(message))}", highlight=False, markup=True)
+
+
+warnings.showwarning = _show_warning
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        from importlib.metadata import version
+
+        console.print(f"cd4ml {version('cd4ml')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Options before any command."""
+
+
+JSON = typer.Option(False, "--json", help="Print JSON instead of a table (for scripts).")
+
+
+def print_json(value: Any) -> None:
+    """One JSON document on stdout, without Rich's wrapping or highlighting; NaN and infinity
+    (not JSON) become null."""
+    print(json.dumps(_finite(value), indent=2, default=str))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 WORKDIR = typer.Option(Path("."), "--workdir", "-w", help="Folder holding dvc.yaml, params.yaml and outputs.")
 
 
 def fail(message: str, code: int) -> None:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    from rich.markup import escape
+
+    errors.print(f"[bold red]error:[/] {escape(plain(message))}", highlight=False)
     raise typer.Exit(code)
 
 

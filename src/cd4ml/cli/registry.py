@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 from typing import Literal
@@ -10,6 +11,7 @@ import typer
 from rich.table import Table
 
 from cd4ml.cli.common import (
+    JSON,
     MODEL,
     REASON,
     WORKDIR,
@@ -17,25 +19,32 @@ from cd4ml.cli.common import (
     console,
     fail,
     open_registry,
+    print_json,
     resolve_model,
 )
 
 
 @app.command()
 def models(
-    workdir: Path = WORKDIR, history: bool = typer.Option(False, "--history", help="Show alias moves instead.")
+    workdir: Path = WORKDIR,
+    history: bool = typer.Option(False, "--history", help="Show alias moves instead."),
+    as_json: bool = JSON,
 ) -> None:
-    """List registered versions with aliases, key metrics, gate result and creation time."""
+    """List registered versions with model type, aliases, key metrics, gate result and creation time."""
     from datetime import datetime
 
     from rich.markup import escape
 
     registry = open_registry(workdir)
     if history:
+        moves = registry.history()
+        if as_json:
+            print_json([asdict(m) for m in moves])
+            return
         table = Table(title=f"{registry.name}: alias history")
         for column in ("when", "alias", "from", "to", "who", "why"):
             table.add_column(column)
-        for m in registry.history():
+        for m in moves:
             table.add_row(
                 datetime.fromtimestamp(m.when).isoformat(" ", "seconds"),
                 m.alias,
@@ -46,23 +55,50 @@ def models(
             )
         console.print(table)
         return
-    table = Table(title=f"{registry.name}: versions")
-    for column in ("version", "aliases", "NWRMSLE", "WAPE", "R²", "gate", "created", "run"):
-        table.add_column(column)
     aliases = registry.aliases()
-    for v in registry.versions():
-        tags = v.tags
+    listed = [
+        {
+            "version": str(v.version),
+            "type": _model_type(registry, v.run_id),
+            "aliases": [a for a, n in aliases.items() if n == str(v.version)],
+            "nwrmsle": v.tags.get("holdout.nwrmsle"),
+            "wape": v.tags.get("holdout.wape"),
+            "r2": v.tags.get("holdout.r2"),
+            "gate": v.tags.get("gate"),
+            "created": datetime.fromtimestamp(v.creation_timestamp / 1000).isoformat(" ", "minutes"),
+            "run_id": v.run_id,
+        }
+        for v in registry.versions()
+    ]
+    if as_json:
+        print_json({"name": registry.name, "versions": listed})
+        return
+    table = Table(title=f"{registry.name}: versions")
+    for column in ("version", "type", "aliases", "NWRMSLE", "WAPE", "R²", "gate", "created", "run"):
+        table.add_column(column)
+    for v in listed:
+        cells = (v["nwrmsle"], v["wape"], v["r2"], v["gate"])
         table.add_row(
-            str(v.version),
-            ", ".join(a for a, n in aliases.items() if n == str(v.version)),
-            tags.get("holdout.nwrmsle", "-"),
-            tags.get("holdout.wape", "-"),
-            tags.get("holdout.r2", "-"),
-            tags.get("gate", "-"),
-            datetime.fromtimestamp(v.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M"),
-            (v.run_id or "")[:8],
+            v["version"],
+            v["type"],
+            ", ".join(v["aliases"]),
+            *(c or "-" for c in cells),
+            v["created"],
+            (v["run_id"] or "")[:8],
         )
     console.print(table)
+
+
+def _model_type(registry, run_id: str | None) -> str:
+    """The model family the version's run trained (its `model.type` parameter), or '-'."""
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return "-"
+    try:
+        return registry.client.get_run(run_id).data.params.get("model.type", "-")
+    except MlflowException:  # the run was deleted: the version still lists
+        return "-"
 
 
 @app.command()
@@ -75,6 +111,9 @@ def promote(version: str, workdir: Path = WORKDIR, reason: str = REASON) -> None
         move = promote_version(workdir.resolve(), open_registry(workdir), version, reason or "promoted by hand")
     except RegistryError as exc:
         fail(str(exc), 2)
+    if move is None:
+        console.print(f"v{version} already is the champion: nothing changed")
+        return
     console.print(f"champion: v{move.from_version or '-'} → v{move.to_version}")
 
 

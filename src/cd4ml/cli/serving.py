@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from cd4ml.cli.common import (
+    JSON,
     REASON,
     WORKDIR,
     app,
@@ -17,7 +18,11 @@ from cd4ml.cli.common import (
     fail,
     gateway_settings,
     open_registry,
+    print_json,
+    problems,
 )
+
+LOG_SCHEMES = {"sqlite", "postgresql", "postgres", "fluent"}  # what monitoring/sinks.py opens
 
 
 @app.command()
@@ -53,7 +58,13 @@ def serve(
     env = {"CD4ML_WORKDIR": str(workdir.resolve())}
     env |= {f"CD4ML_{name.upper()}": str(value) for name, value in flags.items() if value is not None}
     os.environ.update(env)  # the workers read their settings from here; check them before starting
-    gateway_settings(workdir)
+    log = gateway_settings(workdir).resolved_log()
+    if log != "none" and log.split("://", 1)[0] not in LOG_SCHEMES:
+        fail(
+            f"prediction log {log!r} (--prediction-log or CD4ML_PREDICTION_LOG): use sqlite:///path, "
+            "postgresql://user@host/db, fluent://host:port/tag or none",
+            2,
+        )
     console.print(f"cd4ml gateway on [bold]http://{host}:{port}[/] (docs: /docs, metrics: /metrics)")
     run_server(host, port, workers)
 
@@ -65,19 +76,28 @@ app.add_typer(release_app, name="release")
 
 
 @release_app.command("show")
-def release_show(workdir: Path = WORKDIR) -> None:
+def release_show(workdir: Path = WORKDIR, as_json: bool = JSON) -> None:
     """Show the routing running gateways follow."""
     from cd4ml.release import describe, routing_path
     from cd4ml.routing import load_routing
 
-    console.print(describe(load_routing(routing_path(workdir.resolve()))), markup=False)
+    try:
+        routing = load_routing(routing_path(workdir.resolve()))
+    except ValueError as exc:
+        fail(f"{problems(exc)}\nfix or delete the file", 2)
+    if as_json:
+        print_json(routing.model_dump(mode="json"))
+    else:
+        console.print(describe(routing), markup=False)
 
 
 @release_app.command("set")
 def release_set(
-    strategy: str = typer.Argument(..., help="single | multiple | shadow | canary | ab | bandit"),
+    strategy: str = typer.Argument(..., help="single | multiple | shadow | canary | ab | bandit | online"),
     arm: list[str] = typer.Option([], "--arm", help="ARM=ALIAS_OR_VERSION, e.g. challenger=challenger or candidate=7."),
-    share: float | None = typer.Option(None, help="canary: share of traffic for the challenger (0..1)."),
+    share: float | None = typer.Option(
+        None, help="canary: the challenger's share of traffic (0..1); online: the online arm's."
+    ),
     shares: list[str] = typer.Option([], "--shares", help="ab: ARM=SHARE for each arm."),
     policy: str | None = typer.Option(None, help="bandit: epsilon_greedy | thompson | ucb1."),
     segment: str | None = typer.Option(None, help="multiple: COLUMN:VALUE=ARM,VALUE=ARM (others → champion)."),
@@ -85,11 +105,11 @@ def release_set(
     workdir: Path = WORKDIR,
     reason: str = REASON,
 ) -> None:
-    """Change the release strategy; gateways apply it within one poll interval."""
-    from pydantic import ValidationError
+    """Replace the routing with this strategy; gateways apply it within one poll interval.
 
-    from cd4ml.release import change_routing, routing_path, unknown_arms
-    from cd4ml.routing import Routing, load_routing
+    Options not given take their defaults: nothing of the previous strategy is kept."""
+    from cd4ml.release import ReleaseOptions, change_routing, new_routing, routing_path, unknown_arms
+    from cd4ml.routing import load_routing
 
     def pairs(option: str, values: list[str]) -> dict[str, str]:
         wrong = [v for v in values if "=" not in v]
@@ -98,31 +118,20 @@ def release_set(
         return dict(v.split("=", 1) for v in values)
 
     try:
-        current = load_routing(routing_path(workdir.resolve())).model_dump()
+        current = load_routing(routing_path(workdir.resolve()))
     except ValueError as exc:
         fail(f"{exc}\nfix or delete the file first", 2)
-    update: dict = {"strategy": strategy}
-    if arm:
-        update["arms"] = {"champion": "champion"} | pairs("--arm", arm)
-    elif strategy != "single" and len(current["arms"]) < 2:
-        update["arms"] = {"champion": "champion", "challenger": "challenger"}
-    if share is not None:
-        update["share"] = share
-    if shares:
-        update["shares"] = pairs("--shares", shares)
-    if policy:
-        update["bandit"] = current["bandit"] | {"policy": policy}
-    if sticky_by:
-        update["sticky_by"] = sticky_by
+    routes = None
     if segment:
-        column, colon, routes = segment.partition(":")
+        column, colon, targets = segment.partition(":")
         if not colon:
             fail(f"--segment {segment!r}: expected COLUMN:VALUE=ARM,VALUE=ARM", 2)
-        update["segment"] = {"column": column, "arms": pairs("--segment", [r for r in routes.split(",") if r])}
+        routes = {"column": column, "arms": pairs("--segment", [r for r in targets.split(",") if r])}
+    options = ReleaseOptions(strategy, pairs("--arm", arm), share, pairs("--shares", shares), policy, routes, sticky_by)
     try:
-        routing = Routing.model_validate(current | update)
-    except (ValidationError, ValueError) as exc:
-        fail(f"invalid routing: {exc}", 2)
+        routing = new_routing(options, current)
+    except ValueError as exc:  # pydantic's ValidationError is one
+        fail(f"invalid routing: {problems(exc)}", 2)
     registry = open_registry(workdir)
     missing = unknown_arms(registry, routing)
     if missing:
@@ -137,14 +146,21 @@ app.add_typer(ab_app, name="ab")
 
 @ab_app.command("report")
 def ab_report(
-    workdir: Path = WORKDIR, min_rows: int = typer.Option(100, help="Rows with actuals each arm needs.")
+    workdir: Path = WORKDIR,
+    min_rows: int = typer.Option(100, help="Rows with actuals each arm needs."),
+    as_json: bool = JSON,
 ) -> None:
     """Per-arm sample sizes, errors with 95% intervals, a significance test and a verdict."""
+    from dataclasses import asdict
+
     from cd4ml.monitoring.abtest import report
     from cd4ml.monitoring.feedback import FeedbackStore
 
     settings = gateway_settings(workdir)
     decision = report(FeedbackStore(settings.resolved_feedback()).all(), min_rows)
+    if as_json:
+        print_json(asdict(decision))
+        return
     table = Table(title="A/B report")
     for column in ("arm", "requests", "rows with actuals", "RMSLE", "mean sq. log error (95% CI)", "mean reward"):
         table.add_column(column)
