@@ -140,7 +140,13 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> Gatewa
     def require_admin(authorization: str | None = Header(None)) -> None:
         expected = settings.admin_token
         given = (authorization or "").removeprefix("Bearer ").strip()
-        if not expected or not secrets.compare_digest(given.encode(), expected.encode()):
+        if not expected:
+            raise HTTPException(
+                401,
+                "admin is disabled: this gateway was started without CD4ML_ADMIN_TOKEN",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not secrets.compare_digest(given.encode(), expected.encode()):
             raise HTTPException(
                 401,
                 "admin endpoints need 'Authorization: Bearer <CD4ML_ADMIN_TOKEN>'",
