@@ -45,9 +45,16 @@ class Policy(BaseModel):
 
 
 def load_policy(path: Path | None) -> Policy:
-    if path is None or not path.exists():
+    """The policy in `path`; built-in defaults only when no path is given (a mistyped path must
+    not silently run the controller on thresholds nobody chose)."""
+    if path is None:
         return Policy()
-    return Policy.model_validate(yaml.safe_load(path.read_text()) or {})
+    if not path.is_file():
+        raise FileNotFoundError(f"--policy {path}: no such file (leave --policy out for the built-in policy)")
+    try:
+        return Policy.model_validate(yaml.safe_load(path.read_text()) or {})
+    except yaml.YAMLError as exc:
+        raise ValueError(f"--policy {path} is not valid YAML: {exc}") from None
 
 
 @dataclass

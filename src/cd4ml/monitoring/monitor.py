@@ -51,6 +51,7 @@ class MonitorPolicy(BaseModel):
     max_error_rate: float = 0.05
     max_p99_ms: float = 250.0
     min_rows: int = 100  # rows with actuals needed to judge quality
+    min_drift_rows: int = 100  # distinct series-days a window needs before drift is judged
 
 
 @dataclass
@@ -173,6 +174,20 @@ def drift(reference: pd.DataFrame, current: pd.DataFrame, categorical: list[str]
     }
 
 
+def too_few_for_drift(served: pd.DataFrame, keys: list[str], policy: MonitorPolicy) -> dict[str, Any] | None:
+    """A drift result saying "not enough requests" when the window holds fewer distinct
+    series-days than the policy needs: a handful of repeated requests is no distribution, and
+    Evidently would call every column of it drifted."""
+    distinct = len(served.drop_duplicates([*keys, "date"]))
+    if distinct >= policy.min_drift_rows:
+        return None
+    note = (
+        f"not enough requests to judge: {distinct} distinct series-days in the window, "
+        f"{policy.min_drift_rows} needed (monitor.min_drift_rows)"
+    )
+    return {"share": None, "drifted": [], "columns": {}, "prediction": None, "note": note}
+
+
 def _drifted(score: dict) -> bool:
     """Distances drift above the threshold; p-value tests drift below it."""
     if "p_value" in score["method"].lower() or "test" in score["method"].lower():
@@ -233,7 +248,7 @@ def gateway_counters(url: str) -> dict[str, float]:
 
 def breaches(summary: Summary, policy: MonitorPolicy) -> list[str]:
     found = []
-    if summary.drift and summary.drift["share"] > policy.max_drift_share:
+    if summary.drift and (summary.drift["share"] or 0) > policy.max_drift_share:
         found.append(
             f"drift: {summary.drift['share']:.0%} of columns drifted "
             f"({', '.join(summary.drift['drifted'][:5])}) > {policy.max_drift_share:.0%}"
@@ -258,7 +273,7 @@ def breaches(summary: Summary, policy: MonitorPolicy) -> list[str]:
 def summary_gauges(summary: Summary) -> str:
     """The key figures in Prometheus text format (for a textfile collector or the gateway)."""
     lines = ["# TYPE cd4ml_monitor_breaches gauge", f"cd4ml_monitor_breaches {len(summary.breaches)}"]
-    if summary.drift:
+    if summary.drift and summary.drift["share"] is not None:
         lines += ["# TYPE cd4ml_monitor_drift_share gauge", f"cd4ml_monitor_drift_share {summary.drift['share']}"]
     if summary.skew:
         lines += ["# TYPE cd4ml_monitor_skew gauge", f"cd4ml_monitor_skew {summary.skew['max']}"]

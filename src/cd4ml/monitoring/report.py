@@ -89,7 +89,7 @@ def run_monitor(
             if c in current.columns and c not in monitor.CALENDAR
         ]
         monitored += [c for c in current.columns if c.startswith("dow_lmean")]
-        drift = monitor.drift(
+        drift = monitor.too_few_for_drift(served, keys, policy) or monitor.drift(
             reference_frame(champion_bundle)[monitored], current[monitored], [], out_dir / "drift.html"
         )
     counters = monitor.gateway_counters(gateway_url) if gateway_url else None
@@ -132,10 +132,16 @@ def page(summary: monitor.Summary) -> str:
 <h2>Quality by model version</h2>{table(summary.quality.get("by_version", []))}
 <h2>Quality by arm</h2>{table(summary.quality.get("by_arm_version", []))}
 <h2>Quality by slice</h2>{table(summary.quality.get("by_slice", []))}
-<h2>Drift</h2><p>{drift.get("share", 0):.0%} of monitored columns drifted:
-{html.escape(", ".join(drift.get("drifted", [])))}.
-Evidently's report: <a href="drift.html">drift.html</a></p>
+<h2>Drift</h2>{_drift_paragraph(drift)}
 <h2>Training-serving skew</h2>{table([summary.skew] if summary.skew else [])}"""
+
+
+def _drift_paragraph(drift: dict) -> str:
+    if drift.get("note"):
+        return f"<p>{html.escape(drift['note'])}</p>"
+    return f"""<p>{drift.get("share", 0):.0%} of monitored columns drifted:
+{html.escape(", ".join(drift.get("drifted", [])))}.
+Evidently's report: <a href="drift.html">drift.html</a></p>"""
 
 
 def _cell(value) -> str:
