@@ -18,6 +18,7 @@ from cd4ml.cli.common import (
     app,
     console,
     fail,
+    model_name,
     open_registry,
     print_json,
     resolve_model,
@@ -31,74 +32,64 @@ def models(
     as_json: bool = JSON,
 ) -> None:
     """List registered versions with model type, aliases, key metrics, gate result and creation time."""
+    if history:
+        _history(workdir, as_json)
+        return
+    from datetime import datetime
+
+    from cd4ml.config import tracking_uri
+    from cd4ml.registry_listing import list_versions
+
+    name = model_name(workdir)
+    listed = [
+        {
+            "version": v.version,
+            "type": v.model_type,
+            "aliases": v.aliases,
+            "nwrmsle": v.tags.get("holdout.nwrmsle"),
+            "wape": v.tags.get("holdout.wape"),
+            "r2": v.tags.get("holdout.r2"),
+            "gate": v.tags.get("gate"),
+            "created": datetime.fromtimestamp(v.created_ms / 1000).isoformat(" ", "minutes"),
+            "run_id": v.run_id,
+        }
+        for v in list_versions(tracking_uri(workdir.resolve()), name)
+    ]
+    if as_json:
+        print_json({"name": name, "versions": listed})
+        return
+    table = Table(title=f"{name}: versions")
+    for column in ("version", "type", "aliases", "NWRMSLE", "WAPE", "R²", "gate", "created", "run"):
+        table.add_column(column)
+    for v in listed:
+        cells = (v["type"], ", ".join(v["aliases"]), v["nwrmsle"], v["wape"], v["r2"], v["gate"])
+        table.add_row(v["version"], *(c or "-" for c in cells), v["created"], (v["run_id"] or "")[:8])
+    console.print(table)
+
+
+def _history(workdir: Path, as_json: bool) -> None:
     from datetime import datetime
 
     from rich.markup import escape
 
     registry = open_registry(workdir)
-    if history:
-        moves = registry.history()
-        if as_json:
-            print_json([asdict(m) for m in moves])
-            return
-        table = Table(title=f"{registry.name}: alias history")
-        for column in ("when", "alias", "from", "to", "who", "why"):
-            table.add_column(column)
-        for m in moves:
-            table.add_row(
-                datetime.fromtimestamp(m.when).isoformat(" ", "seconds"),
-                m.alias,
-                escape(m.from_version or "-"),
-                escape(m.to_version or "-"),
-                m.who,
-                escape(m.why),
-            )
-        console.print(table)
-        return
-    aliases = registry.aliases()
-    listed = [
-        {
-            "version": str(v.version),
-            "type": _model_type(registry, v.run_id),
-            "aliases": [a for a, n in aliases.items() if n == str(v.version)],
-            "nwrmsle": v.tags.get("holdout.nwrmsle"),
-            "wape": v.tags.get("holdout.wape"),
-            "r2": v.tags.get("holdout.r2"),
-            "gate": v.tags.get("gate"),
-            "created": datetime.fromtimestamp(v.creation_timestamp / 1000).isoformat(" ", "minutes"),
-            "run_id": v.run_id,
-        }
-        for v in registry.versions()
-    ]
+    moves = registry.history()
     if as_json:
-        print_json({"name": registry.name, "versions": listed})
+        print_json([asdict(m) for m in moves])
         return
-    table = Table(title=f"{registry.name}: versions")
-    for column in ("version", "type", "aliases", "NWRMSLE", "WAPE", "R²", "gate", "created", "run"):
+    table = Table(title=f"{registry.name}: alias history")
+    for column in ("when", "alias", "from", "to", "who", "why"):
         table.add_column(column)
-    for v in listed:
-        cells = (v["nwrmsle"], v["wape"], v["r2"], v["gate"])
+    for m in moves:
         table.add_row(
-            v["version"],
-            v["type"],
-            ", ".join(v["aliases"]),
-            *(c or "-" for c in cells),
-            v["created"],
-            (v["run_id"] or "")[:8],
+            datetime.fromtimestamp(m.when).isoformat(" ", "seconds"),
+            m.alias,
+            escape(m.from_version or "-"),
+            escape(m.to_version or "-"),
+            m.who,
+            escape(m.why),
         )
     console.print(table)
-
-
-def _model_type(registry, run_id: str | None) -> str:
-    """The model family the version's run trained (its `model.type` parameter), or '-'."""
-    from mlflow.exceptions import MlflowException
-
-    if not run_id:
-        return "-"
-    try:
-        return registry.client.get_run(run_id).data.params.get("model.type", "-")
-    except MlflowException:  # the run was deleted: the version still lists
-        return "-"
 
 
 @app.command()
