@@ -6,50 +6,24 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from tracking_faults import NO_RETRIES, SECRET, failing_tracking_server
 from typer.testing import CliRunner
 
 from cd4ml.cli import app
 from cd4ml.config import Paths, tracking_uri
 from cd4ml.registry import CHAMPION, Registry
 
-SECRET = "s3cret-pw"
-NO_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
-
-
-class Failing(BaseHTTPRequestHandler):
-    """A tracking server whose database is down: every call answers 500."""
-
-    def _answer(self) -> None:
-        body = json.dumps({"error_code": "INTERNAL_ERROR", "message": "database is locked"}).encode()
-        self.send_response(500)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = do_PATCH = do_DELETE = _answer
-
-    def log_message(self, *args: object) -> None:
-        pass
-
 
 @pytest.fixture(scope="module")
 def failing_tracking_uri() -> Iterator[str]:
-    """http://user:SECRET@127.0.0.1:<port> of a real HTTP server answering 500 to everything."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://cd4ml:{SECRET}@127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    thread.join()
+    with failing_tracking_server() as uri:
+        yield uri
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from cd4ml.monitoring.feedback import DuplicateFeedback, FeedbackStore, OriginEr
 from cd4ml.monitoring.predictionlog import PredictionLogger
 from cd4ml.routing import Routing, load_routing, save_routing
 from cd4ml.serving.arms import Arms, registry_handle
+from cd4ml.serving.audit import record_routing
 from cd4ml.serving.fastpath import FastPredict
 from cd4ml.serving.guards import Guard
 from cd4ml.serving.online import register_snapshot
@@ -139,7 +140,8 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> Gatewa
 
     def require_admin(authorization: str | None = Header(None)) -> None:
         expected = settings.admin_token
-        given = (authorization or "").removeprefix("Bearer ").strip()
+        scheme, _, given = (authorization or "").strip().partition(" ")
+        given = given.strip() if scheme.lower() == "bearer" else ""  # RFC 7235: schemes ignore case
         if not expected:
             raise HTTPException(
                 401,
@@ -325,13 +327,15 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> Gatewa
         except (ValidationError, ValueError) as exc:
             raise HTTPException(422, f"invalid routing: {exc}") from None
         async with routing_lock:  # else the watcher may apply the file's older routing after this one
+            before = arms.routing
             try:
                 live = await run_in_threadpool(arms.apply, routing)
             except ValueError as exc:
                 raise HTTPException(422, str(exc)) from None
             save_routing(routing_file, routing)
             routing_seen["stamp"] = routing_file.stat().st_mtime_ns
-        return {"strategy": routing.strategy, "arms": live}
+        history = await run_in_threadpool(record_routing, settings, before, routing)
+        return {"strategy": routing.strategy, "arms": live, "history": history}
 
     from cd4ml.serving.web import add_web
 

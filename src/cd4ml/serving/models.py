@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cd4ml.redaction import redact
 from cd4ml.scoring import FeatureTable, Scorer
 
 if TYPE_CHECKING:
@@ -175,7 +176,7 @@ class ModelHandle:
                         f"gateway serves ({self.fields}): restart the gateway to serve it"
                     )
             except Exception as exc:  # a bad version must never take the live one down
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error = redact(f"{type(exc).__name__}: {exc}")  # answered by /ready and /version
                 self._failed = uri
                 self.failures += 1
                 log.error("model load failed, keeping %s: %s", self.describe(), self.last_error)
