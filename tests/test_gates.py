@@ -127,7 +127,9 @@ def test_feature_contract_demands_identical_features() -> None:
     assert not gates.contract(pipeline, skewed).passed
     renamed = gates.contract(pipeline, pipeline.rename(columns={"lmean_7": "lmean_14"}))
     assert not renamed.passed and renamed.detail == "column lists differ"
-    assert not gates.contract(pipeline, pipeline.iloc[:1]).passed
+    fewer = gates.contract(pipeline, pipeline.iloc[:1], "gateway table")
+    assert not fewer.passed and fewer.detail == "1 of 2 rows served"
+    assert fewer.name == "feature contract (gateway table = training)"
 
 
 def test_report_passes_only_when_every_check_passes_and_failure_names_each() -> None:

@@ -116,21 +116,20 @@ def data_valid(status: str) -> Check:
     return Check("input data validation", status, "passed", status == "passed")
 
 
-def contract(pipeline_features: pd.DataFrame, serving_features: pd.DataFrame) -> Check:
-    """The gateway's feature path reproduces the pipeline's features for the holdout rows."""
+def contract(pipeline_features: pd.DataFrame, serving_features: pd.DataFrame, path: str = "serving") -> Check:
+    """A serving feature path (`path`: batch scoring, the gateway's table) reproduces the
+    pipeline's features for the holdout rows."""
     same_columns = list(pipeline_features.columns) == list(serving_features.columns)
+    same_rows = len(pipeline_features) == len(serving_features)
     gap = (
         float(np.max(np.abs(pipeline_features.to_numpy() - serving_features.to_numpy())))
-        if same_columns and len(pipeline_features) == len(serving_features)
+        if same_columns and same_rows
         else float("inf")
     )
-    return Check(
-        "feature contract (serving = training)",
-        f"{gap:.1e}",
-        "= 0",
-        gap == 0.0,
-        "" if same_columns else "column lists differ",
-    )
+    detail = "" if same_rows else f"{len(serving_features):,} of {len(pipeline_features):,} rows served"
+    if not same_columns:
+        detail = "column lists differ"
+    return Check(f"feature contract ({path} = training)", f"{gap:.1e}", "= 0", gap == 0.0, detail)
 
 
 def report(checks: list[Check]) -> dict:

@@ -38,7 +38,8 @@ def gate(root: Path) -> str:
     )
     holdout = pd.concat([holdout, rows[fs.covariates]], axis=1)
     serving = Scorer(Predictor.read(paths.shipped), data, plan.holdout_origin)
-    serving_X = serving.features(serving.validate(holdout[["date", *fs.series_keys, *fs.covariates]]))
+    requests = serving.validate(holdout[["date", *fs.series_keys, *fs.covariates]])
+    serving_X = serving.features(requests)
     checks = [
         *gates.absolute(metrics["model"], p),
         gates.beats_baseline(
@@ -59,7 +60,11 @@ def gate(root: Path) -> str:
     shipped = serving.predictor.predict_features(X)
     checks.append(gates.onnx_parity(load_model(paths.shipped).predict(X), shipped, p))
     status = json.loads((paths.reports / "validation.json").read_text())["status"]
-    checks += [gates.data_valid(status), gates.contract(X, serving_X)]
+    checks += [
+        gates.data_valid(status),
+        gates.contract(X, serving_X),
+        gates.contract(X, gateway_features(serving, requests), "gateway table"),
+    ]
     result = gates.report(checks)
     write_json(paths.reports / "gates.json", result)
     _write_bundle(root, paths, params, fs, plan, data, holdout, metrics | {"backtest": backtest}, shipped)
@@ -72,6 +77,24 @@ def gate(root: Path) -> str:
     if failed:
         raise gates.GateFailed(failed)
     return f"{len(checks)} checks passed"
+
+
+def gateway_features(scorer, rows: pd.DataFrame) -> pd.DataFrame:
+    """Validated rows' features as the gateway computes them: looked up in a FeatureTable at the
+    scorer's origin, each row's covariates written in (`serving.predicting.score`). Rows the
+    table does not hold are left out, so the contract fails naming how many were served."""
+    import numpy as np
+
+    from cd4ml.scoring import FeatureTable
+
+    spec, table = scorer.spec, FeatureTable(scorer)
+    keys = zip(*(rows[k].tolist() for k in spec.series_keys), strict=True)
+    days = pd.to_datetime(rows["date"]).dt.date
+    positions = [table.row(tuple(key), day) for key, day in zip(keys, days, strict=True)]
+    served = np.array([p is not None for p in positions], dtype=bool)
+    covariates = rows.loc[served, spec.covariates].to_numpy(np.float32)
+    matrix = table.gather([p for p in positions if p is not None], covariates)
+    return pd.DataFrame(matrix, columns=spec.columns)
 
 
 def _write_bundle(root: Path, paths: Paths, params, fs, plan, data, holdout, metrics, shipped) -> None:
