@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from cd4ml.registry import Registry, RegistryError
 from cd4ml.release import describe
 from cd4ml.routing import Routing
@@ -16,6 +18,8 @@ def record_routing(settings: GatewaySettings, before: Routing, after: Routing) -
     undo it, and the answer says it was not recorded."""
     if before == after:
         return "unchanged"
+    if settings.model and Path(settings.model).expanduser().exists():  # no registry to create one in
+        return "not recorded: the gateway serves a local bundle, without a registry"
     try:
         registry = Registry(settings.resolved_tracking_uri(), settings.model_name)
         registry.record("routing", describe(before), describe(after), "PUT /admin/routing", ADMIN_API)
