@@ -99,13 +99,19 @@ def _from_rest(tracking_uri: str, name: str) -> list[VersionRow]:
             if not token:
                 break
         types = {run_id: _run_model_type(http, base, run_id) for run_id in {v.get("run_id") for v in found} if run_id}
+        aliases: dict[str, list[str]] = {}  # search results leave a version's aliases out
+        if found:
+            model = http.get(f"{base}/registered-models/get", params={"name": name})
+            model.raise_for_status()
+            for entry in sorted(model.json()["registered_model"].get("aliases", []), key=lambda a: a["alias"]):
+                aliases.setdefault(str(entry["version"]), []).append(entry["alias"])
     return [
         VersionRow(
             str(v["version"]),
             int(v.get("creation_timestamp", 0)),
             v.get("run_id") or None,
             types.get(v.get("run_id")),
-            sorted(v.get("aliases", [])),
+            aliases.get(str(v["version"]), []),
             {t["key"]: t.get("value", "") for t in v.get("tags", [])},
         )
         for v in found
@@ -127,15 +133,25 @@ def _from_client(tracking_uri: str, name: str) -> list[VersionRow]:
     from cd4ml.registry import client
 
     mlflow_client = client(tracking_uri)
+    versions = mlflow_client.search_model_versions(f"name = '{name}'")
+    aliases: dict[str, list[str]] = {}  # search results leave a version's aliases out
+    if versions:
+        for alias, version in sorted(mlflow_client.get_registered_model(name).aliases.items()):
+            aliases.setdefault(str(version), []).append(alias)
     rows = []
-    for v in mlflow_client.search_model_versions(f"name = '{name}'"):
+    for v in versions:
         try:
             model_type = mlflow_client.get_run(v.run_id).data.params.get(MODEL_TYPE) if v.run_id else None
         except MlflowException:  # the run was deleted; its version still lists
             model_type = None
         rows.append(
             VersionRow(
-                str(v.version), int(v.creation_timestamp), v.run_id or None, model_type, sorted(v.aliases), dict(v.tags)
+                str(v.version),
+                int(v.creation_timestamp),
+                v.run_id or None,
+                model_type,
+                aliases.get(str(v.version), []),
+                dict(v.tags),
             )
         )
     return rows
