@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import pandas as pd
 
-from cd4ml.monitoring.database import open_database
+from cd4ml.monitoring.database import SQLITE_BUSY_TIMEOUT, open_database
 
 RECENT = 200_000
 
@@ -81,7 +81,7 @@ class ServedIndex:
         path = Path(self.log_url.removeprefix("sqlite:///"))
         if not path.exists():
             return None
-        with sqlite3.connect(path, timeout=30) as db:
+        with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT) as db:
             found = db.execute(
                 "SELECT arm, model_version, predictions, rows FROM predictions WHERE request_id = ? "
                 "AND arm NOT LIKE 'shadow:%'",

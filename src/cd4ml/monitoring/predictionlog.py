@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from cd4ml.monitoring.sinks import Sink, open_sink
+from cd4ml.monitoring.sinks import Sink
 
 log = logging.getLogger("cd4ml.predictionlog")
 BATCH = 500  # records per write; a full batch wakes the writer
@@ -30,12 +30,6 @@ class PredictionLogger:
         self._on_drop = on_drop
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
-
-    @classmethod
-    def from_url(
-        cls, url: str, capacity: int = 10_000, on_drop: Callable[[int], object] | None = None
-    ) -> PredictionLogger:
-        return cls(open_sink(url), capacity, on_drop)
 
     @property
     def depth(self) -> int:

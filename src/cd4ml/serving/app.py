@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from cd4ml.monitoring.database import StoreUnavailable
 from cd4ml.monitoring.feedback import DuplicateFeedback, FeedbackStore, OriginError, ServedIndex, SplitRequest
 from cd4ml.monitoring.predictionlog import PredictionLogger
+from cd4ml.monitoring.sinks import open_sink
 from cd4ml.routing import Routing, load_routing, save_routing
 from cd4ml.serving.arms import Arms, registry_handle
 from cd4ml.serving.audit import record_routing
@@ -71,12 +72,11 @@ def create_app(settings: GatewaySettings, make_handle=registry_handle) -> Gatewa
     served = ServedIndex(log_url=settings.resolved_log())
     predictions = Predictions(arms, settings, telemetry, served)
     snapshots = ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-snapshot")
+    sink = open_sink(settings.resolved_log())  # opened here: a store that cannot be reached stops the start
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        predictions.log = PredictionLogger.from_url(
-            settings.resolved_log(), settings.log_queue_size, on_drop=telemetry.log_dropped.inc
-        )
+        predictions.log = PredictionLogger(sink, settings.log_queue_size, on_drop=telemetry.log_dropped.inc)
         watcher = asyncio.create_task(watch_routing()) if settings.poll_seconds > 0 else None
         yield
         if watcher:
