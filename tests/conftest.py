@@ -212,24 +212,98 @@ def start_gateway(
         gateway.stop()
 
 
-@pytest.fixture(scope="session")
-def released_workdir(trained_workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """`released_workdir(name)`: a fresh copy of the trained work directory holding three
-    versions of the same bundle — v1 champion, v2 challenger, v3 without an alias. Re-registering
-    the logged model costs ~1 s instead of a ~40 s `cd4ml run`; versions differ only by number,
-    which is all routing tests need to tell arms apart."""
+# v2 and v3 of `released_workdir`: LightGBM refit on the trained work directory's features with
+# other trees, leaves and seeds than v1 (the pipeline's model), so every version forecasts
+# differently and an answer from the wrong model cannot pass for the right one
+VARIANTS = {
+    "2": {"n_estimators": 40, "num_leaves": 7, "learning_rate": 0.1, "seed": 2},
+    "3": {"n_estimators": 80, "num_leaves": 15, "learning_rate": 0.08, "feature_fraction": 0.6, "seed": 3},
+}
+
+
+def _variant_bundle(trained: Path, params: dict, into: Path) -> Path:
+    """The trained bundle with its model replaced by a LightGBM fit with `params` (its shipped
+    metrics re-scored, so `cd4ml verify` holds for it too)."""
     import shutil
 
+    from cd4ml.bundle import recorded_metrics, rescore_holdout
+    from cd4ml.config import Paths
+    from cd4ml.models.lightgbm_model import LightGBMForecaster
+    from cd4ml.pipeline.stages import feature_spec, load_part
+
+    paths = Paths(trained)
+    fs = feature_spec(paths)
+    X, labels = load_part(paths, "train", fs.columns, labels=["sales", "weight"])
+    model = LightGBMForecaster(**params).fit(X, labels["sales"].to_numpy(), labels["weight"].to_numpy())
+    bundle = into / "bundle"  # MLflow keeps the folder's name; readers expect artifacts/bundle
+    shutil.copytree(trained / "models" / "bundle", bundle)
+    shutil.rmtree(bundle / "native")
+    model.save(bundle / "native")
+    (bundle / "model.onnx").write_bytes(model.to_onnx(len(fs.columns)))
+    metrics = recorded_metrics(bundle) | {"shipped": rescore_holdout(bundle)}
+    (bundle / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return bundle
+
+
+def holdout_predictions(bundle: Path) -> list[float]:
+    """What a bundle forecasts for its own holdout rows, through the serving path."""
+    from cd4ml.bundle import holdout_origin, scorer
+
+    score = scorer(bundle, holdout_origin(bundle))
+    holdout = pd.read_parquet(bundle / "holdout.parquet")
+    return score.predict(holdout[["date", *score.spec.series_keys, *score.spec.covariates]]).tolist()
+
+
+def forecasts(workdir: Path, version: str, rows: list[dict]) -> list[float]:
+    """What version `version` of the work directory's model forecasts for request rows, computed
+    here from its bundle (not by a gateway): what a gateway answering as that version must say."""
+    from cd4ml.bundle import scorer
+    from cd4ml.config import Paths, tracking_uri
+    from cd4ml.registry import resolve_bundle
+
+    bundle = resolve_bundle(
+        f"models:/sales-forecaster/{version}", tracking_uri(workdir), Paths(workdir).cache / "models"
+    )
+    return scorer(bundle).predict(pd.DataFrame(rows)).tolist()
+
+
+@pytest.fixture(scope="session")
+def variant_bundles(trained_workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """version → bundle folder of VARIANTS, built once per session (per xdist worker)."""
+    root = tmp_path_factory.mktemp("variants")
+    bundles = {v: _variant_bundle(trained_workdir, params, root / f"v{v}") for v, params in VARIANTS.items()}
+    shipped = [holdout_predictions(b) for b in [trained_workdir / "models" / "bundle", *bundles.values()]]
+    for n, one in enumerate(shipped):
+        for other in shipped[n + 1 :]:
+            assert sum(a != b for a, b in zip(one, other, strict=True)) > len(one) // 2, "variants must differ"
+    return bundles
+
+
+@pytest.fixture(scope="session")
+def released_workdir(
+    trained_workdir: Path, variant_bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], Path]:
+    """`released_workdir(name)`: a fresh copy of the trained work directory holding three
+    different models — v1 champion (the pipeline's), v2 challenger and v3 without an alias
+    (VARIANTS). Logging two bundles costs a few seconds instead of two ~40 s `cd4ml run`s."""
+    import shutil
+
+    from mlflow.models import get_model_info
+
     from cd4ml.config import tracking_uri
-    from cd4ml.registry import Registry
+    from cd4ml.registry import Registry, log_bundle
 
     def make(name: str) -> Path:
         workdir = tmp_path_factory.mktemp(name) / "work"
         shutil.copytree(trained_workdir, workdir)
         registered = json.loads((workdir / "models" / "registered.json").read_text())
         registry = Registry(tracking_uri(workdir), registered["name"])
-        for _ in range(2):
-            registry.register(registered["model_uri"], "", {"gate": "passed"})
+        experiment = registry.client.create_experiment("variants", artifact_location=(workdir / "variants").as_uri())
+        model_signature = get_model_info(registered["model_uri"]).signature  # v1's: same request rows
+        for version, bundle in variant_bundles.items():
+            run_id = registry.client.create_run(experiment, run_name=f"variant v{version}").info.run_id
+            registry.client.log_dict(run_id, VARIANTS[version], "variant.json")
+            assert registry.register(log_bundle(run_id, bundle, model_signature), run_id, {"gate": "passed"}) == version
         registry.move("challenger", "2", "a release candidate for the tests")
         return workdir
 

@@ -1,6 +1,7 @@
 """Hot reload over real HTTP: `cd4ml serve` (uvicorn) follows the champion alias under load.
 
-Moving the alias never fails a request, every response names the version that answered it,
+Moving the alias never fails a request, every response names the version that answered it and
+carries that version's forecasts (the three versions are different models),
 a broken version is refused while the old one keeps serving, and reloading by hand needs the
 admin token.
 """
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pandas as pd
 import pytest
+from conftest import forecasts
 from prometheus_client.parser import text_string_to_metric_families
 
 from cd4ml.config import tracking_uri
@@ -55,7 +57,7 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(released_workdir: Callable[[str], Path], start_gateway: Callable[..., GatewayProcess]) -> Iterator[Served]:
-    workdir = released_workdir("hot-reload")  # v1 champion, v2 challenger, v3: the same bundle
+    workdir = released_workdir("hot-reload")  # v1 champion, v2 challenger, v3: three different models
     gateway = start_gateway(workdir, "--poll", "0.5", env={"CD4ML_ADMIN_TOKEN": TOKEN})
     with httpx.Client(base_url=gateway.url, timeout=30) as client:
         catalog = client.get("/api/catalog").json()
@@ -112,7 +114,7 @@ def metric(served: Served, name: str) -> float:
 
 
 def test_moving_the_champion_under_load_fails_no_request(served: Served) -> None:
-    expected = served.client.post("/predict", json={"rows": served.rows}).json()["predictions"]
+    expected = {v: forecasts(served.workdir, v, served.rows) for v in ("1", "2", "3")}
     moves = ["2", "3", "1"] * 3 + ["2"]
     switch_seconds = []
     with Load(served.gateway.url, {"rows": served.rows}) as load:
@@ -130,8 +132,9 @@ def test_moving_the_champion_under_load_fails_no_request(served: Served) -> None
     assert len(answers) >= 200, "the load must be continuous"
     assert {a["model"]["name"] for a in answers} == {MODEL}
     assert {a["model"]["version"] for a in answers} == {"1", "2", "3"}
-    # the versions are one bundle, so every version answers with the same numbers
-    assert all([p["prediction"] for p in a["predictions"]] == [p["prediction"] for p in expected] for a in answers)
+    # each answer carries the forecasts of the version it names, never another's
+    wrong = [a for a in answers if [p["prediction"] for p in a["predictions"]] != expected[a["model"]["version"]]]
+    assert not wrong, f"{len(wrong)} answers with another version's forecasts, e.g. {wrong[0]}"
     assert served.version()["version"] == "2"
     assert metric(served, "cd4ml_model_swaps") >= 1 + len(moves)
     slowest, fastest = max(switch_seconds), min(switch_seconds)

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from conftest import GatewayProcess
+from conftest import GatewayProcess, forecasts
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
@@ -33,7 +33,7 @@ from cd4ml.serving.settings import GatewaySettings
 POLL = 0.5
 TOKEN = "routing-test-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-VERSIONS = {"champion": "1", "challenger": "2"}  # what released_workdir registers
+VERSIONS = {"champion": "1", "challenger": "2"}  # what released_workdir registers (v3: no alias)
 
 
 def within_four_sigma(hits: int, n: int, p: float) -> bool:
@@ -177,17 +177,31 @@ def test_an_unloadable_arm_leaves_the_old_routing_live(workdir: Path, tmp_path: 
 # ---------------------------------------------------------------- every strategy over HTTP
 
 
+def version_of(target: str) -> str:
+    """The version an arm's target names in the released work directory."""
+    return VERSIONS.get(target, target)
+
+
 @dataclass
 class Live:
-    """One `cd4ml serve` on the released work directory, restartable, with a keep-alive client."""
+    """One `cd4ml serve` on the released work directory, restartable, with a keep-alive client.
+
+    Every answer is checked against the routing it was given: each row names the version its
+    arm targets and carries that version's forecast, computed here from the version's bundle."""
 
     workdir: Path
     start: Callable[..., GatewayProcess]
     gateway: GatewayProcess = field(init=False)
     client: httpx.Client = field(init=False)
+    arms: dict[str, str] = field(default_factory=lambda: {"champion": "champion"})
+    expected: dict[str, dict[tuple[int, int], float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.launch()
+        rows = [self.row(n) for n in range(len(self.catalog["series"]))]
+        for version in ("1", "2", "3"):
+            values = forecasts(self.workdir, version, rows)
+            self.expected[version] = {(r["store_nbr"], r["item_nbr"]): v for r, v in zip(rows, values, strict=True)}
 
     def launch(self) -> None:
         self.gateway = self.start(self.workdir, "--poll", str(POLL), env={"CD4ML_ADMIN_TOKEN": TOKEN})
@@ -203,6 +217,7 @@ class Live:
     def route(self, **routing: Any) -> dict[str, Any]:
         response = self.client.put("/admin/routing", json=routing, headers=ADMIN)
         assert response.status_code == 200, response.text
+        self.arms = routing.get("arms") or {"champion": "champion"}
         return response.json()
 
     def row(self, n: int = 0) -> dict[str, Any]:
@@ -216,20 +231,25 @@ class Live:
 
     def predict(self, rows: list[dict[str, Any]] | None = None, client_id: str | None = None) -> dict:
         headers = {"X-Client-Id": client_id} if client_id else {}
-        response = self.client.post("/predict", json={"rows": rows or [self.row()]}, headers=headers)
+        rows = rows or [self.row()]
+        response = self.client.post("/predict", json={"rows": rows}, headers=headers)
         assert response.status_code == 200, response.text
-        return check_names_arm_and_version(response.json())
+        body = check_names_arm_and_version(response.json(), self.arms)
+        for row, prediction in zip(rows, body["predictions"], strict=True):
+            forecast = self.expected[prediction["version"]][row["store_nbr"], row["item_nbr"]]
+            assert prediction["prediction"] == forecast, (row, prediction)
+        return body
 
     def arms_of(self, client_ids: list[str]) -> dict[str, str]:
         return {c: self.predict(client_id=c)["arm"] for c in client_ids}
 
 
-def check_names_arm_and_version(body: dict[str, Any]) -> dict[str, Any]:
-    """Every response names its arm and model version, at the top and on every row."""
-    assert body["arm"] and body["model"]["name"] == "sales-forecaster"
-    assert body["model"]["version"] == VERSIONS.get(body["arm"], body["model"]["version"])
+def check_names_arm_and_version(body: dict[str, Any], arms: dict[str, str]) -> dict[str, Any]:
+    """Every response names its arm and the version that arm targets, at the top and on every row."""
+    assert body["model"]["name"] == "sales-forecaster"
+    assert body["model"]["version"] == version_of(arms[body["arm"]])
     for prediction in body["predictions"]:
-        assert prediction["arm"] and prediction["version"]
+        assert prediction["version"] == version_of(arms[prediction["arm"]])
     return body
 
 
@@ -336,7 +356,9 @@ def test_share_zero_over_the_admin_api_applies_at_once(live: Live) -> None:
 
 
 @integration
-def test_share_zero_from_the_cli_applies_within_one_poll_interval(live: Live, run_cd4ml: Callable[..., Any]) -> None:
+def test_share_zero_from_the_cli_reaches_a_running_gateway(live: Live, run_cd4ml: Callable[..., Any]) -> None:
+    """The watcher applies the CLI's edit of routing.yaml and from then on every canary client
+    gets the champion. How soon is measured, not asserted (a loaded machine is slow, not wrong)."""
     live.route(strategy="canary", arms=VERSIONS, share=0.5)
     canary = [c for c, a in live.arms_of([f"cli-{i}" for i in range(40)]).items() if a == "challenger"]
     assert len(canary) >= 5
@@ -356,18 +378,20 @@ def test_share_zero_from_the_cli_applies_within_one_poll_interval(live: Live, ru
     watcher.start()
     try:
         result = run_cd4ml("release", "set", "canary", "--share", "0", "-w", str(live.workdir))
-        time.sleep(2 * POLL)
+        assert result.returncode == 0, result.stderr
+        deadline = time.monotonic() + 120  # a watcher that never applies it, not a slow one
+        while not (observations and observations[-1][1]):
+            assert time.monotonic() < deadline and watcher.is_alive(), "routing.yaml was never applied"
+            time.sleep(0.05)
     finally:
         stop.set()
         watcher.join()
-    assert result.returncode == 0, result.stderr
     written = (live.workdir / "routing.yaml").stat().st_mtime
     assert not observations[0][1], "the canary was already off before the CLI ran"
-    assert observations[-1][1], "the canary was still on 2 poll intervals after the CLI returned"
     last_on = max(n for n, (_, off) in enumerate(observations) if not off)
+    assert all(off for _, off in observations[last_on + 1 :]), "the canary came back"
     delay = observations[last_on + 1][0] - written  # from then on every canary client got the champion
     print(f"routing.yaml written → canary off after {delay * 1000:.0f} ms (poll {POLL} s)")
-    assert delay < POLL + 0.5
     assert {live.predict(client_id=c)["arm"] for c in canary} == {"champion"}
 
 
@@ -452,9 +476,11 @@ def test_shadow_logs_both_predictions_under_one_request_id(live: Live) -> None:
         by_arm = {r["arm"]: r for r in records[body["request_id"]]}
         assert set(by_arm) == {"champion", "shadow:challenger"}
         assert by_arm["champion"]["version"] == "1" and by_arm["shadow:challenger"]["version"] == "2"
-        # the same bundle under two versions: the shadow saw exactly the champion's input
-        assert by_arm["shadow:challenger"]["predictions"] == by_arm["champion"]["predictions"]
+        # the shadow saw exactly the champion's input and answered with its own model
         assert by_arm["shadow:challenger"]["rows"] == by_arm["champion"]["rows"]
+        keys = [(r["store_nbr"], r["item_nbr"]) for r in by_arm["champion"]["rows"]]
+        assert by_arm["shadow:challenger"]["predictions"] == [live.expected["2"][k] for k in keys]
+        assert by_arm["champion"]["predictions"] == [live.expected["1"][k] for k in keys]
 
 
 @integration
@@ -486,11 +512,16 @@ def test_a_broken_routing_file_is_reported_and_the_watcher_keeps_going(live: Liv
     errors = metric(live.client.get("/metrics").text, "cd4ml_routing_errors_total")
     path = live.workdir / "routing.yaml"
     path.write_text("strategy: canary\narms: {champion: champion\n")  # a half-saved edit
-    time.sleep(3 * POLL)
+    deadline = time.monotonic() + 120  # generous: a watcher that stopped, not a slow one, fails
+    while metric(live.client.get("/metrics").text, "cd4ml_routing_errors_total") == errors:
+        assert time.monotonic() < deadline, "the broken routing.yaml was never reported"
+        time.sleep(0.1)
+    time.sleep(3 * POLL)  # more polls of the same broken file: reported once, routing unchanged
     assert live.client.get("/version").json()["strategy"] == "single"
     assert metric(live.client.get("/metrics").text, "cd4ml_routing_errors_total") == errors + 1
     save_routing(path, Routing(strategy="canary", arms=VERSIONS, share=1.0))
-    deadline = time.monotonic() + 10 * POLL
+    live.arms = VERSIONS  # the champion answers as v1 under either routing, the challenger as v2
+    deadline = time.monotonic() + 120
     while live.predict(client_id="after-broken")["arm"] != "challenger":
         assert time.monotonic() < deadline, "the routing watcher stopped after a broken file"
         time.sleep(0.1)

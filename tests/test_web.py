@@ -3,6 +3,7 @@ against a real gateway (`cd4ml serve` in a subprocess) on a trained work directo
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -156,3 +157,28 @@ def test_unknown_series_shows_the_gateway_error_and_no_result(page: Page, catalo
     page.click("#submit")
     expect(page.locator("#error")).to_contain_text("unknown")
     expect(page.locator("#result")).to_be_hidden()
+
+
+def test_names_from_the_data_are_shown_as_text_never_as_markup(page: Page, catalog: dict) -> None:
+    """Column names and feature names come from the user's CSV: a header holding markup is
+    shown as written, in labels and in the explanation chart, and nothing of it runs."""
+    hostile = '<img src=x onerror="window.pwned = 1">'
+    store_key, item_key = catalog["keys"]
+    keys = [store_key, item_key | {"name": f"item {hostile}"}]
+    page.route("**/api/catalog", lambda route: route.fulfill(json=catalog | {"covariates": [hostile], "keys": keys}))
+    answer = {
+        "request_id": "0" * 32,
+        "arm": "champion",
+        "model": {"name": "sales-forecaster", "version": "1"},
+        "predictions": [{"prediction": 1.0, "contributions": [{"feature": hostile, "value": 0.5}]}],
+    }
+    page.route(re.compile(r"/predict\?explain=true$"), lambda route: route.fulfill(json=answer))
+    page.reload()
+    expect(page.locator("#covariates label")).to_have_text(hostile)
+    expect(page.locator("#fields label").nth(1)).to_have_text(f"item {hostile}")
+    page.fill(f"[id='key-{store_key['name']}']", store_key["options"][0]["label"])
+    page.locator("#fields input").nth(1).fill(item_key["options"][0]["label"])
+    page.click("#submit")
+    expect(page.locator("#chart text").first).to_have_text(hostile)
+    assert page.locator("img").count() == 0
+    assert page.evaluate("window.pwned") is None
