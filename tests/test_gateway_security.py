@@ -114,7 +114,8 @@ def test_an_admin_routing_change_is_in_the_release_history(gateway: tuple[TestCl
     answer = client.put("/admin/routing", json=canary, headers={"Authorization": f"Bearer {TOKEN}"})
     assert answer.status_code == 200 and answer.json()["history"] == "recorded"
     (move,) = Registry(f"sqlite:///{workdir / 'mlflow.db'}", NAME).history("routing")
-    assert (move.from_version, move.to_version) == ("single [champion=champion]", "canary [champion=champion, challenger=2] share=0.25")
+    assert move.from_version == "single [champion=champion]"
+    assert move.to_version == "canary [champion=champion, challenger=2] share=0.25"
     assert (move.who, move.why) == ("admin API", "PUT /admin/routing")
     again = client.put("/admin/routing", json=canary, headers={"Authorization": f"Bearer {TOKEN}"})
     assert again.json()["history"] == "unchanged"
