@@ -175,3 +175,22 @@ def test_cli_complete_through_moves_a_running_gateway_at_its_reload(
         assert back.returncode == 2
         assert "never moves back" in back.stderr
         assert "Traceback" not in back.stderr
+
+
+def test_a_new_champion_loads_at_the_recorded_origin(workdir: Path) -> None:
+    from cd4ml.config import tracking_uri
+    from cd4ml.registry import Registry
+
+    with gateway(workdir) as client:
+        day = origin(client) + timedelta(days=2)
+        assert (
+            client.post("/admin/origin", json={"complete_through": day.isoformat()}, headers=ADMIN).status_code == 200
+        )
+        Registry(tracking_uri(workdir), "sales-forecaster").move("champion", "3", "a new champion for the test")
+        assert client.post("/admin/reload", headers=ADMIN).status_code == 200
+        arms = client.app.state.arms
+        assert arms.champion.current.version == "3"
+        assert {arm: h.current.scorer.origin for arm, h in arms.handles.items()} == {
+            "champion": day,
+            "challenger": day,
+        }
