@@ -3,7 +3,8 @@
 Each request's arm, model version and predictions are remembered when it is served (a bounded
 in-memory index, backed by the prediction log when it is readable), so feedback can be
 attributed to the arm that earned it. Feedback is stored once per request and kind; a
-duplicate or an unknown request id changes nothing.
+duplicate or an unknown request id changes nothing. Actuals are also kept by series and date,
+with the date through which they are complete: the origin gateways on this store forecast from.
 """
 
 from __future__ import annotations
