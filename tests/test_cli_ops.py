@@ -103,7 +103,7 @@ def test_version_and_ab_report_json(workdir: Path, run_cd4ml: CLI) -> None:
 
     assert ok(run_cd4ml, "--version").stdout.strip() == f"cd4ml {version('cd4ml')}"
     report = json.loads(ok(run_cd4ml, "ab", "report", "--json", "-w", str(workdir)).stdout)
-    assert report["arms"] == [] and report["verdict"].startswith("not yet")
+    assert report["versions"] == [] and report["verdict"].startswith("not yet")
 
 
 def test_a_missing_policy_file_is_an_error_not_the_defaults(workdir: Path, run_cd4ml: CLI, tmp_path: Path) -> None:

@@ -347,25 +347,89 @@ def ab_report(run_cd4ml: Callable[..., Any], workdir: Path) -> tuple[str, float 
     return result.stdout, float(found.group(1)) if found else None
 
 
-def test_ab_report_declares_a_clearly_better_arm_the_winner(run_cd4ml: Callable[..., Any], tmp_path: Path) -> None:
+def test_ab_report_declares_a_clearly_better_version_the_winner(run_cd4ml: Callable[..., Any], tmp_path: Path) -> None:
     constructed_feedback(tmp_path, 300, {"champion": 0.6, "challenger": 0.2})
     output, p = ab_report(run_cd4ml, tmp_path)
-    assert "challenger wins" in output, output
+    assert "v2 wins" in output and "all feedback" in output, output
     assert p is not None and p < 1e-6
-    assert re.search(r"challenger\s+│\s+300\s+│\s+300", output), output  # requests, rows
+    assert re.search(r"2\s+│\s+challenger\s+│\s+300\s+│\s+300\s+│\s+300", output), output  # requests, rows, days
 
 
-def test_ab_report_says_not_yet_with_too_few_rows(run_cd4ml: Callable[..., Any], tmp_path: Path) -> None:
+def test_ab_report_says_not_yet_with_too_few_series_days(run_cd4ml: Callable[..., Any], tmp_path: Path) -> None:
     constructed_feedback(tmp_path, 20, {"champion": 0.6, "challenger": 0.2})
     output, _ = ab_report(run_cd4ml, tmp_path)
-    assert re.search(r"not yet: (champion, challenger|challenger, champion) below 100 rows", output)
+    assert re.search(r"not yet: (v1 has 20, v2 has 20|v2 has 20, v1 has 20) of 100 series-days", output), output
     assert "wins" not in output
 
 
-def test_ab_report_sees_no_difference_between_equal_arms(run_cd4ml: Callable[..., Any], tmp_path: Path) -> None:
+def test_ab_report_sees_no_difference_between_equal_versions(run_cd4ml: Callable[..., Any], tmp_path: Path) -> None:
     constructed_feedback(tmp_path, 300, {"champion": 0.3, "challenger": 0.3})
     output, p = ab_report(run_cd4ml, tmp_path)
     assert "no significant difference yet" in output and p is not None and p >= 0.05
+
+
+def repeated_series_days(store: FeedbackStore, version: str, errors: np.ndarray, repeats: int) -> None:
+    """`repeats` one-row requests for each of len(errors) series-days, served by `version` as
+    the challenger: every repeat of a series-day has the same forecast, actual and log error."""
+    for day, error in enumerate(errors):
+        row = {"store_nbr": day % 7, "item_nbr": day, "date": f"2017-08-{day % 28 + 1:02d}", "onpromotion": 0}
+        for n in range(repeats):
+            served = Served("challenger", version, [float(np.expm1(np.log1p(10.0) + error))], [row])
+            store.record(f"v{version}-{day}-{n}", "actual", [10.0], served)
+
+
+def test_ab_report_counts_series_days_not_repeated_requests(tmp_path: Path) -> None:
+    """Two versions whose errors differ a little: with every series-day requested 20 times, a test
+    on rows would call it significant; per series-day (the n that is really there) it is not."""
+    from scipy import stats
+
+    from cd4ml.monitoring.abtest import report
+
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'feedback.db'}")
+    store.db.execute("PRAGMA synchronous=NORMAL")
+    rng = np.random.default_rng(1)
+    errors = {"1": rng.normal(0, 0.3, 150), "2": rng.normal(0, 0.3, 150) * np.sqrt(1.1)}
+    for version, log_errors in errors.items():
+        repeated_series_days(store, version, log_errors, repeats=20)
+    decision = report(store.all(), ["store_nbr", "item_nbr"])
+
+    squared = {v: (np.log1p(np.expm1(np.log1p(10.0) + e)) - np.log1p(10.0)) ** 2 for v, e in errors.items()}
+    for result in decision.versions:
+        days = squared[result.version]
+        assert (result.rows, result.series_days, result.requests) == (3000, 150, 3000)
+        half = stats.t.ppf(0.975, 149) * days.std(ddof=1) / np.sqrt(150)  # by hand, on series-days
+        assert result.ci95 == pytest.approx((days.mean() - half, days.mean() + half), rel=1e-9)
+        rows = np.repeat(days, 20)
+        naive = 1.96 * rows.std(ddof=1) / np.sqrt(len(rows))  # as if the 3000 rows were independent
+        assert result.ci95[1] - result.ci95[0] > 4 * 2 * naive
+    naive_p = stats.ttest_ind(np.repeat(squared["1"], 20), np.repeat(squared["2"], 20), equal_var=False).pvalue
+    assert naive_p < 1e-6 and decision.p_value is not None and decision.p_value > 0.05
+    assert decision.winner is None and decision.verdict.startswith("no significant difference"), decision.verdict
+
+
+def test_ab_report_window_starts_at_the_last_routing_change(run_cd4ml: Callable[..., Any], tmp_path: Path) -> None:
+    """Feedback recorded before the experiment (here: v2 as a terrible earlier challenger) is not
+    counted; --since moves the window."""
+    from cd4ml.registry import Registry
+
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'feedback.db'}")
+    store.db.execute("PRAGMA synchronous=NORMAL")
+    repeated_series_days(store, "2", np.full(30, 2.0), repeats=1)
+    move = Registry(f"sqlite:///{tmp_path / 'mlflow.db'}", "sales-forecaster").record("routing", "single", "ab", "test")
+    store.db.execute("UPDATE feedback SET ts = ?", (move.when - 3600,))
+    constructed_feedback(tmp_path, 120, {"champion": 0.6, "challenger": 0.2})
+
+    result = run_cd4ml("ab", "report", "--json", "-w", str(tmp_path), env=WIDE)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["since"] == pytest.approx(move.when)
+    assert {v["version"]: v["series_days"] for v in report["versions"]} == {"1": 120, "2": 120}
+    assert report["winner"] == "2", report["verdict"]
+
+    earlier = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(move.when - 7200))
+    result = run_cd4ml("ab", "report", "--json", "--since", earlier, "-w", str(tmp_path), env=WIDE)
+    assert result.returncode == 0, result.stderr
+    assert {v["version"]: v["series_days"] for v in json.loads(result.stdout)["versions"]} == {"1": 120, "2": 150}
 
 
 def test_ab_report_names_no_winner_when_the_test_is_undefined(tmp_path: Path) -> None:
@@ -378,5 +442,5 @@ def test_ab_report_names_no_winner_when_the_test_is_undefined(tmp_path: Path) ->
     for arm in ("champion", "challenger"):
         for i in range(150):
             store.record(f"{arm}-{i}", "actual", [5.0], Served(arm, VERSIONS[arm], [5.0], [{"row": i}]))
-    decision = report(store.all())
+    decision = report(store.all(), ["store_nbr", "item_nbr"])
     assert decision.winner is None, decision.verdict

@@ -129,6 +129,12 @@ def model_name(workdir: Path) -> str:
     return load_params(params_file).registry.model_name if params_file.exists() else "sales-forecaster"
 
 
+def series_keys(workdir: Path) -> list[str]:
+    """The series keys of the work directory's features; the sample's without a pipeline run."""
+    spec_file = workdir.resolve() / "data" / "features" / "feature_spec.json"
+    return json.loads(spec_file.read_text())["series_keys"] if spec_file.exists() else ["store_nbr", "item_nbr"]
+
+
 def open_registry(workdir: Path):
     from cd4ml.config import tracking_uri
     from cd4ml.registry import Registry

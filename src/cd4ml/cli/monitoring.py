@@ -20,6 +20,7 @@ from cd4ml.cli.common import (
     plain,
     print_json,
     problems,
+    series_keys,
 )
 
 
@@ -39,15 +40,12 @@ def actuals(
 ) -> None:
     """Ingest observed sales in bulk and join them to logged predictions; storing them never
     moves the forecast origin, --complete-through does."""
-    import json
-
     from cd4ml.monitoring.actuals import ingest_actuals
     from cd4ml.monitoring.database import StoreUnavailable
     from cd4ml.monitoring.feedback import FeedbackStore
 
     settings = gateway_settings(workdir)
-    spec_file = workdir.resolve() / "data" / "features" / "feature_spec.json"
-    keys = json.loads(spec_file.read_text())["series_keys"] if spec_file.exists() else ["store_nbr", "item_nbr"]
+    keys = series_keys(workdir)
     log = settings.resolved_log()
     log_db = Path(log.removeprefix("sqlite:///")) if log.startswith("sqlite:") else None
     try:

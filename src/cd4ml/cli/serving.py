@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import typer
@@ -20,6 +21,7 @@ from cd4ml.cli.common import (
     open_registry,
     print_json,
     problems,
+    series_keys,
 )
 
 LOG_SCHEMES = {"sqlite", "postgresql", "postgres", "fluent"}  # what monitoring/sinks.py opens
@@ -147,34 +149,72 @@ app.add_typer(ab_app, name="ab")
 @ab_app.command("report")
 def ab_report(
     workdir: Path = WORKDIR,
-    min_rows: int = typer.Option(100, help="Rows with actuals each arm needs."),
+    since: datetime | None = typer.Option(
+        None,
+        "--since",
+        formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"],
+        help="Window start, local time: feedback recorded from then on [default: the last routing change].",
+    ),
+    min_series_days: int = typer.Option(100, help="Series-days with actuals each compared version needs."),
     as_json: bool = JSON,
 ) -> None:
-    """Per-arm sample sizes, errors with 95% intervals, a significance test and a verdict."""
+    """Per model version: series-days with actuals, errors with 95% intervals, a test and a verdict."""
     from dataclasses import asdict
 
     from cd4ml.monitoring.abtest import report
+    from cd4ml.monitoring.database import StoreUnavailable
     from cd4ml.monitoring.feedback import FeedbackStore
 
-    settings = gateway_settings(workdir)
-    decision = report(FeedbackStore(settings.resolved_feedback()).all(), min_rows)
+    start = since.timestamp() if since else _routing_changed(workdir)
+    try:
+        feedback = FeedbackStore(gateway_settings(workdir).resolved_feedback()).all()
+    except StoreUnavailable as exc:
+        fail(str(exc), 3)
+    decision = report(feedback, series_keys(workdir), start, min_series_days)
     if as_json:
         print_json(asdict(decision))
         return
-    table = Table(title="A/B report")
-    for column in ("arm", "requests", "rows with actuals", "RMSLE", "mean sq. log error (95% CI)", "mean reward"):
+    window = f"since {datetime.fromtimestamp(start):%Y-%m-%d %H:%M:%S}" if start else "all feedback"
+    table = Table(title=f"A/B report · {window}")
+    columns = (
+        "version",
+        "arms",
+        "requests",
+        "rows with actuals",
+        "series-days",
+        "RMSLE",
+        "mean sq. log error (95% CI)",
+    )
+    for column in (*columns, "mean reward"):
         table.add_column(column)
-    for a in decision.arms:
+    for v in decision.versions:
         table.add_row(
-            a.arm,
-            str(a.requests),
-            str(a.rows),
-            f"{a.rmsle:.4f}",
-            f"{a.mean_squared_log_error:.4f} ({a.ci95[0]:.4f}..{a.ci95[1]:.4f})",
-            "-" if a.mean_reward is None else f"{a.mean_reward:.3f} (n={a.rewards})",
+            v.version,
+            ", ".join(v.arms),
+            str(v.requests),
+            str(v.rows),
+            str(v.series_days),
+            f"{v.rmsle:.4f}",
+            f"{v.mean_squared_log_error:.4f} ({v.ci95[0]:.4f}..{v.ci95[1]:.4f})",
+            "-" if v.mean_reward is None else f"{v.mean_reward:.3f} (n={v.rewards})",
         )
     console.print(table)
     console.print((f"p = {decision.p_value:.4f} · " if decision.p_value is not None else "") + decision.verdict)
+
+
+def _routing_changed(workdir: Path) -> float | None:
+    """When the routing last changed (release history); None without a tracking store or a change."""
+    from cd4ml.config import tracking_uri
+    from cd4ml.registry import RegistryError
+
+    uri = tracking_uri(workdir.resolve())
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return None
+    try:
+        moves = open_registry(workdir).history("routing")
+    except RegistryError as exc:
+        fail(f"{exc} (or pass --since)", 3)
+    return moves[-1].when if moves else None
 
 
 @app.command()
