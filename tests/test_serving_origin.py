@@ -101,14 +101,14 @@ def test_complete_through_moves_every_arm_and_missing_stays_missing(workdir: Pat
             "champion": day,
             "challenger": day,
         }
-        bundle = arms.champion.current.bundle
         keys = arms.champion.current.spec.series_keys
         actual = pd.DataFrame([{**{k: reported[k] for k in keys}, "date": pd.Timestamp(day), "sales": 40.0}])
-        expected = batch_forecast(bundle, rows, day, actual)
-        zero_filled = batch_forecast(bundle, rows, day, _zeros(rows, keys, day, actual))
-        for arm in ("champion", "challenger"):
+        for arm in ("champion", "challenger"):  # each arm against its own bundle (v1, v2: other models)
+            bundle = arms.handles[arm].current.bundle
+            expected = batch_forecast(bundle, rows, day, actual)
             got = [forecasts(client, [row], client_id=_client_for(client, arm))[0] for row in rows]
             assert got == pytest.approx(expected, rel=1e-5)
+        zero_filled = batch_forecast(bundle, rows, day, _zeros(rows, keys, day, actual))
         assert expected[1:] != pytest.approx(zero_filled[1:], rel=1e-3)  # the test can tell the two apart
 
 
