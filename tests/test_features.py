@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cd4ml.calendar_features import HOLIDAY_HORIZON_DAYS, holiday_counts
 from cd4ml.features import (
     MISSING_CODE,
     FeatureSpec,
     build_feature_spec,
     encode,
     examples_at_origin,
-    holiday_counts,
     row_features,
     seasonal_naive,
     series_state,
@@ -88,6 +88,11 @@ def feature_spec_for(con: duckdb.DuckDBPyConnection, horizon: int = HORIZON) -> 
     return build_feature_spec(dataset, con, "sales", horizon, windows=[7, 14, 28], weekday_weeks=[4])
 
 
+def series_of(table: pd.DataFrame) -> pd.DataFrame:
+    """Each series' keys and attributes, as a bundle carries them."""
+    return table[[*KEYS, "family", "city"]].drop_duplicates()
+
+
 def examples(table: pd.DataFrame, origin: date = ORIGIN) -> tuple[pd.DataFrame, pd.DataFrame, FeatureSpec]:
     con = connect(table)
     fs = feature_spec_for(con)
@@ -143,7 +148,7 @@ def test_series_state_is_computed_from_rows_up_to_the_origin() -> None:
     con = connect(tiny)
     fs = feature_spec_for(con, horizon=3)
     features, _ = examples_at_origin(con, fs, "sales", origin, holiday_counts(holidays_frame(), fs), KEEP)
-    state = series_state(con, fs, "sales", origin).iloc[0]
+    state = series_state(con, fs, "sales", origin, series_of(tiny)).iloc[0]
 
     last7 = np.log1p(known[-7:])
     assert features["lmean_7"].to_numpy() == pytest.approx([last7.mean()] * 3, rel=1e-6)
@@ -154,6 +159,31 @@ def test_series_state_is_computed_from_rows_up_to_the_origin() -> None:
     assert features["history"].iloc[0] == 14
     assert features["since_sale"].iloc[0] == 0
     assert [state[f"last_{j}"] for j in range(7)] == list(known[::-1][:7])
+    assert [features[f"lag_{j}"].iloc[0] for j in range(7)] == pytest.approx(np.log1p(known[::-1][:7]), rel=1e-6)
+
+
+def test_group_levels_average_the_series_of_each_group(table: pd.DataFrame, holdout) -> None:
+    """Each store's, item's, family's and city's level, and all series', is the mean of its
+    series' own levels at the origin; every row of a series carries its groups' levels."""
+    features, labels, fs = holdout
+    assert fs.groups == ["", "store_nbr", "item_nbr", "family", "city"]
+    rows = pd.concat([labels[KEYS], features], axis=1).merge(series_of(table), on=KEYS)
+    own = rows.drop_duplicates(KEYS)
+    assert rows["group_all_lmean_7"].to_numpy() == pytest.approx([own["lmean_7"].mean()] * len(rows), rel=1e-6)
+    for group in ("store_nbr", "family"):
+        expected = own.groupby(group)["lmean_28"].mean()
+        assert rows[f"group_{group}_lmean_28"].to_numpy() == pytest.approx(
+            rows[group].map(expected).to_numpy(), rel=1e-6
+        )
+    assert rows.groupby("family")["group_family_lmean_7"].nunique().eq(1).all()
+
+
+def test_holiday_distance_counts_periods_to_the_next_and_since_the_last(holdout) -> None:
+    features, labels, _ = holdout
+    days = (labels["date"].dt.date - NATIONAL_DAY).map(lambda d: d.days).to_numpy()
+    cap = HOLIDAY_HORIZON_DAYS  # no other national holiday in the table
+    assert features["holiday_next"].to_numpy() == pytest.approx(np.where(days <= 0, -days, cap))
+    assert features["holiday_last"].to_numpy() == pytest.approx(np.where(days >= 0, days, cap))
 
 
 def test_seasonal_naive_repeats_last_weeks_same_weekday(table: pd.DataFrame, holdout) -> None:
@@ -226,7 +256,7 @@ def test_unknown_categories_encode_as_missing_code(table: pd.DataFrame, holdout)
     ]
 
     con = connect(table)
-    state = series_state(con, fs, "sales", ORIGIN)
+    state = series_state(con, fs, "sales", ORIGIN, series_of(table))
     new_series = pd.DataFrame(
         {
             "date": [pd.Timestamp(ORIGIN + timedelta(days=1))],
@@ -247,7 +277,7 @@ def test_serving_a_few_rows_gives_the_training_features(table: pd.DataFrame, hol
     """Training's batch and a request's handful of rows go through one definition, same values."""
     features, labels, fs = holdout
     con = connect(table)
-    state = series_state(con, fs, "sales", ORIGIN)
+    state = series_state(con, fs, "sales", ORIGIN, series_of(table))
     holidays = holiday_counts(holidays_frame(), fs)
     request = table[(table["date"] > ORIGIN)].sample(7, random_state=3)  # shuffled, mixed series
     request = request.drop(columns=["sales", "weight"]).assign(date=lambda r: r["date"].astype(str))

@@ -22,7 +22,8 @@ from cd4ml.data.sources import resolve_source
 from cd4ml.data.spec import DatasetSpec, SideTable
 from cd4ml.data.split import plan_split
 from cd4ml.data.validation import DataValidationError
-from cd4ml.features import build_feature_spec, examples_at_origin, holiday_counts
+from cd4ml.calendar_features import holiday_counts
+from cd4ml.features import build_feature_spec, examples_at_origin
 
 Canonical = Callable[[Path], pd.DataFrame]
 WEEKLY_EXAMPLE = Path(__file__).parent.parent / "examples" / "weekly-sales" / "spec.yaml"

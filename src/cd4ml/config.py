@@ -48,6 +48,9 @@ class SplitParams(_Strict):
 class FeatureParams(_Strict):
     windows: list[int] = [7, 14, 28, 56, 112]
     weekday_weeks: list[int] = [4, 12]
+    lags: int | None = Field(None, ge=0)  # the last periods as features; None: a week of days, 4 weeks
+    group_levels: bool = True  # each group's (store, family, …, all series) recent level as features
+    holiday_distance: bool = True  # periods to the next and since the last national holiday
 
 
 ModelFamily = Literal["lightgbm", "random_forest", "decision_tree", "seasonal_naive"]

@@ -2,11 +2,13 @@
 
 A target row is a series at a period `t`, forecast from an origin `o` (the last period whose
 sales are known); horizon `h = t - o` periods. Its features are
-- the series *state* at the origin — rolling log-means, zero shares, weekday profiles and the
-  last season of values — computed in DuckDB from history at or before `o` only (so training
-  runs out of core and no feature can see the future), and
-- *row* features of the target — calendar, paydays, holidays, horizon, known covariates and
-  encoded attributes — computed in pandas, cheap enough for a single request.
+- the series *state* at the origin — rolling log-means, zero shares, weekday profiles, the last
+  season of values, and the mean level of every group the series is in (its store, its family,
+  …, all series) — computed in DuckDB from history at or before `o` only (so training runs out
+  of core and no feature can see the future), and
+- *row* features of the target — calendar, paydays, holidays and the periods to the next and
+  since the last, horizon, known covariates and encoded attributes — computed in pandas, cheap
+  enough for a single request.
 One global model forecasts every horizon directly (no recursion, so no compounding error).
 """
 
@@ -20,6 +22,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
+from cd4ml.calendar_features import calendar_features
 from cd4ml.sql import quote_ident, quote_idents
 
 MISSING_CODE = -1
@@ -40,6 +43,18 @@ class FeatureSpec(BaseModel):
     windows: list[int]
     weekday_weeks: list[int]
     categories: dict[str, list[str]]  # category → code by position; unseen values get -1
+    lags: int = 0  # the last `lags` periods before the origin, each a feature
+    groups: list[str] = []  # columns whose groups' levels are features; "" is all series
+    holiday_distance: bool = False
+
+    @property
+    def group_stats(self) -> list[str]:
+        """The state columns averaged per group: the shortest and the longest window's level."""
+        return list(dict.fromkeys([f"lmean_{self.windows[0]}", f"lmean_{self.windows[-1]}"]))
+
+    @property
+    def group_columns(self) -> list[str]:
+        return [f"group_{g or 'all'}_{stat}" for g in self.groups for stat in self.group_stats]
 
     @property
     def state_columns(self) -> list[str]:
@@ -48,14 +63,16 @@ class FeatureSpec(BaseModel):
         if self.frequency == "daily":
             cols += [f"dow{d}_lmean_{w}" for w in self.weekday_weeks for d in range(7)]
         cols += [f"last_{j}" for j in range(self.season_length)]
-        return [*cols, "history", "since_sale"]
+        return [*cols, "history", "since_sale", *self.group_columns]
 
     @property
     def columns(self) -> list[str]:
         """Model input columns, in order."""
         row = ["horizon", "dayofweek", "day", "month", "weekofyear", "dayofyear",
                "paydays", "since_payday", "holiday_national", "holiday_local"]  # fmt: skip
-        picks = ["seasonal_naive_log"]
+        if self.holiday_distance:
+            row += ["holiday_next", "holiday_last"]
+        picks = ["seasonal_naive_log", *(f"lag_{j}" for j in range(self.lags))]
         if self.frequency == "daily":
             picks += [f"dow_lmean_{w}" for w in self.weekday_weeks]
         encoded = [f"{c}_code" for c in self.categories]
@@ -70,8 +87,12 @@ def build_feature_spec(
     horizon: int,
     windows: list[int],
     weekday_weeks: list[int],
+    lags: int | None = None,
+    group_levels: bool = True,
+    holiday_distance: bool = True,
 ) -> FeatureSpec:
-    """Learn the category vocabularies from the canonical table (targets are never looked at)."""
+    """Learn the category vocabularies and the groups from the canonical table (targets are
+    never looked at)."""
     spec = dataset["spec"]
     encoded = [*spec["series_keys"], *dataset["attributes"]]
     categories = {
@@ -85,6 +106,8 @@ def build_feature_spec(
     }
     anchor = con.execute(f"SELECT isodow(max(date)) - 1 FROM {relation}").fetchone()[0]
     holidays = spec.get("holidays") or {}
+    daily = spec["frequency"] == "daily"
+    season_length = 7 if daily else 52
     return FeatureSpec(
         series_keys=spec["series_keys"],
         covariates=spec["covariates"],
@@ -92,13 +115,26 @@ def build_feature_spec(
         local_columns=[c for c in holidays.get("local_columns", []) if c in dataset["attributes"]],
         frequency=spec["frequency"],
         period_days=1 if spec["frequency"] == "daily" else 7,
-        season_length=7 if spec["frequency"] == "daily" else 52,
+        season_length=season_length,
         anchor_weekday=int(anchor),
         horizon=horizon,
         windows=windows,
         weekday_weeks=weekday_weeks,
         categories=categories,
+        lags=min(season_length, (7 if daily else 4) if lags is None else lags),
+        groups=_groups(con, relation, categories, spec["series_keys"]) if group_levels else [],
+        holiday_distance=holiday_distance,
     )
+
+
+def _groups(
+    con: duckdb.DuckDBPyConnection, relation: str, categories: dict[str, list[str]], keys: list[str]
+) -> list[str]:
+    """All series, and each key (of several) or attribute that groups at least 2 series on
+    average into at least 2 groups: the levels a store, a family or the whole shop share."""
+    series = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {_quoted(keys)} FROM {relation})").fetchone()[0]
+    candidates = [*(keys if len(keys) > 1 else []), *(c for c in categories if c not in keys)]
+    return ["", *(c for c in candidates if 2 <= len(categories[c]) <= series / 2)]
 
 
 def _quoted(columns: Iterable[str]) -> str:
@@ -156,35 +192,27 @@ def state_sql(fs: FeatureSpec, relation: str, origins: list[date]) -> str:
     )
 
 
-def series_state(con: duckdb.DuckDBPyConnection, fs: FeatureSpec, relation: str, origin: date) -> pd.DataFrame:
-    """The state of every series with history at one origin."""
-    return con.execute(state_sql(fs, relation, [origin])).df().drop(columns=ORIGIN)
+def series_state(
+    con: duckdb.DuckDBPyConnection, fs: FeatureSpec, relation: str, origin: date, series: pd.DataFrame
+) -> pd.DataFrame:
+    """The state of every series with history at one origin; `series`: keys and attributes."""
+    state = con.execute(state_sql(fs, relation, [origin])).df()
+    return with_group_levels(state, series, fs).drop(columns=ORIGIN)
 
 
-def _period_end(dates: pd.Series, fs: FeatureSpec) -> pd.Series:
-    """The period a calendar day falls in, named by the period's last day."""
-    shift = (fs.anchor_weekday - dates.dt.weekday) % fs.period_days
-    return dates + pd.to_timedelta(shift, unit="D")
-
-
-def holiday_counts(holidays: pd.DataFrame, fs: FeatureSpec) -> tuple[pd.Series, pd.Series]:
-    """Holidays per period: national by period end, local by (period end, locale)."""
-    ends = _period_end(pd.to_datetime(holidays["date"]), fs)
-    national = holidays["locale"] == ""
-    nat = ends[national].value_counts()
-    local = pd.Series(1, index=pd.MultiIndex.from_arrays([ends[~national], holidays["locale"][~national]]))
-    return nat, local.groupby(level=[0, 1]).sum()
-
-
-def _paydays(dates: pd.Series, period_days: int) -> tuple[np.ndarray, np.ndarray]:
-    """Paydays (the 15th and the month's last day) in each period, and days since the last one."""
-    count = np.zeros(len(dates))
-    for back in range(period_days):
-        day = dates - pd.Timedelta(days=back)
-        count += ((day.dt.day == 15) | day.dt.is_month_end).to_numpy()
-    d = dates.dt.day.to_numpy()
-    since = np.where(dates.dt.is_month_end | (d == 15), 0, np.where(d > 15, d - 15, d))
-    return count, since
+def with_group_levels(state: pd.DataFrame, series: pd.DataFrame, fs: FeatureSpec) -> pd.DataFrame:
+    """The state with, for each group, its series' mean level at the same origin (the series
+    with state only; `series` holds the keys and attributes of every series)."""
+    if not fs.groups:
+        return state
+    attributes = [g for g in fs.groups if g and g not in fs.series_keys]
+    frame = state.merge(series[[*fs.series_keys, *attributes]], on=fs.series_keys, how="left", validate="many_to_one")
+    levels = {}
+    for group in fs.groups:
+        by = [ORIGIN, *([group] if group else [])]
+        means = frame.groupby(by, dropna=False, sort=False)[fs.group_stats].transform("mean")
+        levels |= {f"group_{group or 'all'}_{stat}": means[stat].to_numpy() for stat in fs.group_stats}
+    return state.assign(**levels)
 
 
 def encode(values: pd.Series, vocabulary: list[str]) -> np.ndarray:
@@ -216,14 +244,8 @@ def row_features(
     origins = pd.Timestamp(origin) if origin is not None else pd.to_datetime(frame[ORIGIN])
     out = pd.DataFrame(index=frame.index)
     out["horizon"] = ((dates - origins).dt.days // fs.period_days).astype(np.float32)
-    out["dayofweek"] = dates.dt.weekday
-    out["day"] = dates.dt.day
-    out["month"] = dates.dt.month
-    out["weekofyear"] = dates.dt.isocalendar().week.astype(int).to_numpy()
-    out["dayofyear"] = dates.dt.dayofyear
-    out["paydays"], out["since_payday"] = _paydays(dates, fs.period_days)
-    national, local = holiday_counts_lookup(dates, frame, holidays, fs)
-    out["holiday_national"], out["holiday_local"] = national, local
+    for name, values in calendar_features(dates, frame, holidays, fs).items():
+        out[name] = values
     for c in fs.covariates:
         out[c] = frame[c].to_numpy()
     for column, vocabulary in fs.categories.items():
@@ -232,6 +254,8 @@ def row_features(
     last = frame[[f"last_{j}" for j in range(fs.season_length)]].to_numpy(dtype=np.float64, na_value=0.0)
     rows = np.arange(len(frame))
     out["seasonal_naive_log"] = np.log1p(np.clip(last[rows, lags.clip(0, fs.season_length - 1)], 0, None))
+    for j in range(fs.lags):
+        out[f"lag_{j}"] = np.log1p(np.clip(last[:, j], 0, None))
     if fs.frequency == "daily":
         weekday = dates.dt.weekday.to_numpy()
         for w in fs.weekday_weeks:
@@ -254,20 +278,6 @@ def row_features(
 def _no_history_defaults(fs: FeatureSpec) -> dict[str, float]:
     """What a series with no history looks like: zero sales, always zero."""
     return {c: 1.0 if c.startswith("zero_") else 0.0 for c in fs.columns}
-
-
-def holiday_counts_lookup(
-    dates: pd.Series, frame: pd.DataFrame, holidays: tuple[pd.Series, pd.Series], fs: FeatureSpec
-) -> tuple[np.ndarray, np.ndarray]:
-    national, local = holidays
-    nat = dates.map(national).fillna(0).to_numpy(dtype=np.float32)
-    loc = np.zeros(len(frame), dtype=np.float32)
-    if len(local):
-        for column in fs.local_columns:
-            index = pd.MultiIndex.from_arrays([dates, frame[column].astype(str)])
-            # a city and its province may share a name: count a local holiday once
-            loc = np.maximum(loc, local.reindex(index).fillna(0).to_numpy(dtype=np.float32))
-    return nat, loc
 
 
 def seasonal_naive(frame: pd.DataFrame) -> np.ndarray:
@@ -298,6 +308,9 @@ def examples_at_origins(
     keeps that share of them, drawn anew for each origin (a row budget for many origins).
     """
     state = con.execute(state_sql(fs, relation, origins)).df()
+    if fs.groups:
+        series = con.execute(f"SELECT DISTINCT {_quoted([*fs.series_keys, *fs.attributes])} FROM {relation}").df()
+        state = with_group_levels(state, series, fs)
     if share < 1:
         state = pd.concat(
             [part.sample(frac=share, random_state=o.toordinal()) for o, part in state.groupby(ORIGIN)],

@@ -17,7 +17,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from cd4ml.features import FeatureSpec, holiday_counts, row_features, seasonal_naive, series_state
+from cd4ml.calendar_features import holiday_counts
+from cd4ml.features import FeatureSpec, row_features, seasonal_naive, series_state
 
 
 class InputError(ValueError):
@@ -159,7 +160,7 @@ class Scorer:
         con = duckdb.connect()
         try:
             con.register("history", self.data.history)
-            return series_state(con, self.spec, "history", self.origin)
+            return series_state(con, self.spec, "history", self.origin, self.data.series)
         finally:
             con.close()
 

@@ -144,13 +144,17 @@ def split(root: Path) -> str:
 def featurize(root: Path) -> str:
     """Labelled feature rows for every origin of the split, written origin by origin."""
     from cd4ml.data.split import Split
-    from cd4ml.features import build_feature_spec, holiday_counts
+    from cd4ml.calendar_features import holiday_counts
+    from cd4ml.features import build_feature_spec
 
     paths, params = Paths(root), load_params(Paths(root).params)
     dataset = read_dataset(paths)
     plan = Split.model_validate_json(paths.split.read_text())
     con = connect_sales(root, params.data.memory_limit)
-    fs = build_feature_spec(dataset, con, "sales", plan.horizon, params.features.windows, params.features.weekday_weeks)
+    f = params.features
+    fs = build_feature_spec(
+        dataset, con, "sales", plan.horizon, f.windows, f.weekday_weeks, f.lags, f.group_levels, f.holiday_distance
+    )
     holidays = holiday_counts(pd.read_parquet(paths.ingested / "holidays.parquet"), fs)
     keep = list(dict.fromkeys(["sales", "weight", *dataset["spec"]["slices"]]))
     paths.features.mkdir(parents=True, exist_ok=True)
