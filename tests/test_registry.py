@@ -8,22 +8,17 @@ v2 challenger, v3) and its own work directory.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pandas as pd
 import pytest
+from conftest import MlflowServer
 
 from cd4ml.registry import CHALLENGER, CHAMPION, Registry, log_bundle, signature
 
@@ -31,75 +26,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("mlflow-server")]
 
 CLI = Callable[..., subprocess.CompletedProcess[str]]
 WIDE = {"COLUMNS": "250", "NO_COLOR": "1"}  # Rich tables unwrapped, so output can be searched
-
-
-@dataclass
-class MlflowServer:
-    """An `mlflow server` subprocess on a fresh PostgreSQL database, proxying artifacts."""
-
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def wait_ready(self, timeout: float = 180) -> None:
-        """Return once /health answers; raise saying why it never did."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"exited with {self.process.returncode}: {self.tail()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        raise RuntimeError(f"no answer on /health after {timeout:.0f} s: {self.tail()}")
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-2000:]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)  # the server and its uvicorn worker
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def mlflow_server(
-    tmp_path_factory: pytest.TempPathFactory, postgres_database: Callable[[], AbstractContextManager[str]]
-) -> Iterator[MlflowServer]:
-    """Started, not yet waited for: it boots while the trained work directory is built."""
-    from sqlalchemy.engine import make_url
-
-    with postgres_database() as url:
-        # SQLAlchemy >= 2.1 maps postgresql:// to psycopg 3; MLflow's documented driver is psycopg2
-        backend = make_url(url).set(drivername="postgresql+psycopg2")
-        folder, port = tmp_path_factory.mktemp("mlflow-server"), _free_port()
-        # one uvicorn worker (default 4) and no job runner: half the boot time on 2 cores
-        command = [str(Path(sys.executable).parent / "mlflow"), "server",
-                   "--backend-store-uri", backend.render_as_string(hide_password=False),
-                   "--serve-artifacts", "--artifacts-destination", str(folder / "artifacts"),
-                   "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
-        with (folder / "server.log").open("wb") as sink:
-            process = subprocess.Popen(
-                command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
-                env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-            )  # fmt: skip
-        server = MlflowServer(f"http://127.0.0.1:{port}", process, folder / "server.log")
-        try:
-            yield server
-        finally:
-            server.stop()
 
 
 @dataclass

@@ -259,5 +259,13 @@ def tracking_uri(workdir: Path) -> str:
     return os.environ.get("CD4ML_TRACKING_URI") or f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
 
 
-def artifact_location(workdir: Path) -> str:
-    return os.environ.get("CD4ML_ARTIFACT_LOCATION") or (workdir / "mlartifacts").resolve().as_uri()
+def artifact_location(workdir: Path) -> str | None:
+    """Where a new experiment keeps its artifacts: CD4ML_ARTIFACT_LOCATION, else the tracking
+    server's own artifact store (None: its default root, proxied as mlflow-artifacts:), else a
+    folder in the work directory. A file:// root under a server would keep models on the
+    machine that trained them, out of reach of every other client of that server."""
+    if os.environ.get("CD4ML_ARTIFACT_LOCATION"):
+        return os.environ["CD4ML_ARTIFACT_LOCATION"]
+    if tracking_uri(workdir).startswith(("http://", "https://")):
+        return None
+    return (workdir / "mlartifacts").resolve().as_uri()

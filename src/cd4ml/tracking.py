@@ -5,23 +5,34 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from cd4ml.config import artifact_location, tracking_uri
+from cd4ml.redaction import redact
 
 
 def connect(workdir: Path, experiment: str) -> str:
-    """Point MLflow at the configured store; returns the experiment id."""
+    """Point MLflow at the configured store; returns the experiment id. An experiment keeps the
+    artifact location it was created with: a local one on a tracking server gets a warning."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(workdir))
+    uri = tracking_uri(workdir)
+    mlflow.set_tracking_uri(uri)
     found = mlflow.get_experiment_by_name(experiment)
-    if found:
-        return found.experiment_id
-    return mlflow.create_experiment(experiment, artifact_location=artifact_location(workdir))
+    if found is None:
+        return mlflow.create_experiment(experiment, artifact_location=artifact_location(workdir))
+    if artifact_location(workdir) is None and found.artifact_location.startswith("file:"):
+        warnings.warn(
+            f"experiment '{experiment}' on {redact(uri)} keeps its artifacts in {found.artifact_location}, "
+            "which only this machine can read: set tracking.experiment to a new name (or "
+            "CD4ML_ARTIFACT_LOCATION) so models go to the server's artifact store",
+            stacklevel=2,
+        )
+    return found.experiment_id
 
 
 @contextmanager
