@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from cd4ml.calendar_features import holiday_counts
 from cd4ml.config import Params
 from cd4ml.data.ingest import IngestReport, ingest
 from cd4ml.data.schemas import check, feature_schema
@@ -22,7 +23,6 @@ from cd4ml.data.sources import resolve_source
 from cd4ml.data.spec import DatasetSpec, SideTable
 from cd4ml.data.split import plan_split
 from cd4ml.data.validation import DataValidationError
-from cd4ml.calendar_features import holiday_counts
 from cd4ml.features import build_feature_spec, examples_at_origin
 
 Canonical = Callable[[Path], pd.DataFrame]

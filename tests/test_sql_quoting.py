@@ -12,9 +12,9 @@ import duckdb
 import pandas as pd
 import pytest
 
+from cd4ml.calendar_features import holiday_counts
 from cd4ml.data.ingest import ingest
 from cd4ml.data.spec import DatasetSpec
-from cd4ml.calendar_features import holiday_counts
 from cd4ml.features import build_feature_spec, examples_at_origin
 from cd4ml.sql import quote_ident, quote_idents, quote_literal
 

@@ -27,8 +27,8 @@ def backtest(root: Path) -> str:
     import mlflow
 
     from cd4ml import plots, tracking
-    from cd4ml.data.split import HistoryTooShort, Split, plan_split
     from cd4ml.calendar_features import holiday_counts
+    from cd4ml.data.split import HistoryTooShort, Split, plan_split
 
     paths, params = Paths(root), load_params(Paths(root).params)
     plan = Split.model_validate_json(paths.split.read_text())

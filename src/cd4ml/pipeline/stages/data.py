@@ -143,8 +143,8 @@ def split(root: Path) -> str:
 
 def featurize(root: Path) -> str:
     """Labelled feature rows for every origin of the split, written origin by origin."""
-    from cd4ml.data.split import Split
     from cd4ml.calendar_features import holiday_counts
+    from cd4ml.data.split import Split
     from cd4ml.features import build_feature_spec
 
     paths, params = Paths(root), load_params(Paths(root).params)
