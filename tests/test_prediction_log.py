@@ -67,7 +67,8 @@ class Sent:
                 assert record["contributions"] == [p["contributions"] for p in body["predictions"]]
             else:
                 assert record["contributions"] is None
-            assert 0 < record["latency_ms"] < 10_000
+            # the gateway's own time for the request, inside the client's round trip
+            assert 0 < record["latency_ms"] <= (request["ended"] - request["started"]) * 1000
 
 
 def rows_of(catalog: dict[str, Any], n: int, count: int) -> list[dict[str, Any]]:
@@ -285,12 +286,10 @@ def test_a_stalled_sink_never_blocks_requests_and_drops_are_counted(workdir: Pat
         try:
             sent.post(client, rows_of(catalog, 0, 1), explain=False)
             time.sleep(0.5)  # the writer takes that record and waits on the lock
-            seconds = []
             for n in range(1, 41):
-                started = time.perf_counter()
                 sent.post(client, rows_of(catalog, n, 2), explain=False)
-                seconds.append(time.perf_counter() - started)
-            assert max(seconds) < 1.0, f"a request waited on the stalled log: {max(seconds):.2f} s"
+            # all 40 answered while the writer waits on the lock: the full queue drops records
+            # (a request that waited on the log would have nothing to drop)
             assert metric(client, "cd4ml_log_queue_depth") == 5
             dropped = metric(client, "cd4ml_log_dropped_total")
             assert dropped >= 41 - 1 - 5
