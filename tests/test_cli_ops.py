@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import MlflowServer, free_port
 from fastapi.testclient import TestClient
 
 from cd4ml.config import tracking_uri
@@ -206,10 +207,6 @@ def test_control_every_needs_a_duration(workdir: Path, run_cd4ml: CLI, every: st
 def test_the_fast_listing_reads_what_mlflow_reads(workdir: Path, tmp_path: Path) -> None:
     """`cd4ml models` reads SQLite and a tracking server without MLflow's client: the same rows."""
     import os
-    import socket
-    import time
-
-    import httpx
 
     from cd4ml.registry_listing import _from_client, _from_rest, _from_sqlite, _sorted
 
@@ -221,33 +218,20 @@ def test_the_fast_listing_reads_what_mlflow_reads(workdir: Path, tmp_path: Path)
         ("1", ["champion"], "lightgbm"),
     ]
     assert _sorted(_from_sqlite(workdir / "mlflow.db", "sales-forecaster")) == expected
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
+    port, log = free_port(), tmp_path / "server.log"
+    process = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", uri, "--port", str(port)],
         stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "server.log").open("w"),
+        stderr=log.open("w"),
         env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
         start_new_session=True,  # its workers too are stopped below
     )
+    server = MlflowServer(f"http://127.0.0.1:{port}", process, log, tmp_path / "mlartifacts")
     try:
-        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
-        assert _sorted(_from_rest(url, "sales-forecaster")) == expected
+        server.wait_ready()
+        assert _sorted(_from_rest(server.url, "sales-forecaster")) == expected
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        server.stop()
 
 
 def test_library_warnings_print_as_one_plain_line() -> None:
