@@ -228,7 +228,7 @@ def test_dry_run_records_but_applies_nothing(released_workdir) -> None:
     from cd4ml.registry import CHAMPION
 
     workdir: Path = released_workdir("dry-run")
-    ws = Workspace(workdir, f"sqlite:///{workdir / 'predictions.db'}", "sqlite:///unused.db")
+    ws = Workspace(workdir, f"sqlite:///{workdir / 'predictions.db'}", f"sqlite:///{workdir / 'feedback.db'}")
     registry = ws.registry
     registry.promote("2", "a release to judge")  # v2 champion, v1 before it
     state_file = workdir / "reports" / "controller" / "state.json"
@@ -257,7 +257,7 @@ def test_a_failed_retraining_is_retried_later_not_awaited_forever(released_workd
     from cd4ml.monitoring.loop import Workspace, control
 
     workdir: Path = released_workdir("failed-retrain")
-    ws = Workspace(workdir, f"sqlite:///{workdir / 'predictions.db'}", "sqlite:///unused.db")
+    ws = Workspace(workdir, f"sqlite:///{workdir / 'predictions.db'}", f"sqlite:///{workdir / 'feedback.db'}")
     ws.registry.move("challenger", None, "no candidate yet")
     state_file = workdir / "reports" / "controller" / "state.json"
     ControllerState(decaying_windows=1).write(state_file)
@@ -272,3 +272,39 @@ def test_a_failed_retraining_is_retried_later_not_awaited_forever(released_workd
     assert logged["applied"] is False and logged["detail"].startswith("retraining exited")
     state = ControllerState.read(state_file)
     assert (state.retrain_pending, state.decaying_windows) == (False, 0)
+
+
+@pytest.mark.integration
+def test_the_origin_moves_through_the_last_day_with_complete_actuals(released_workdir) -> None:
+    """Days with actuals for every series move the serving origin; a day with half of them
+    holds it back (missing actuals are not zeros), and a dry run only records the move."""
+    from datetime import timedelta
+
+    from cd4ml.monitoring.feedback import FeedbackStore
+    from cd4ml.monitoring.loop import Workspace, advance_origin
+    from cd4ml.registry import CHAMPION
+    from cd4ml.scoring import SeriesData
+
+    workdir: Path = released_workdir("origin")
+    ws = Workspace(workdir, f"sqlite:///{workdir / 'predictions.db'}", f"sqlite:///{workdir / 'feedback.db'}")
+    champion = ws.registry.alias(CHAMPION)
+    data = SeriesData.read(ws.bundle(ws.registry.name, champion))
+    keys = ["store_nbr", "item_nbr"]
+    series = data.series[keys].to_dict("records")
+    store = FeedbackStore(ws.feedback_url)
+    days = [data.last_date + timedelta(days=n) for n in (1, 2, 3)]
+    for day, reported in zip(days, [series, series, series[: len(series) // 2]], strict=True):
+        store.add_actuals(keys, [{**s, "date": day.isoformat()} for s in reported], [3.0] * len(reported))
+
+    planned = advance_origin(ws, ws.registry.name, champion, 0.95, dry_run=True)
+    assert planned is not None and planned.evidence == {"from": data.last_date, "to": days[1]}
+    assert store.complete_through() is None
+
+    advance_origin(ws, ws.registry.name, champion, 0.95, dry_run=False)
+    assert store.complete_through() == days[1]
+    assert advance_origin(ws, ws.registry.name, champion, 0.95, dry_run=False) is None  # day 3 is half reported
+    assert advance_origin(ws, ws.registry.name, champion, 0.4, dry_run=False).evidence["to"] == days[2]
+    logged = [
+        json.loads(line) for line in (workdir / "reports" / "controller" / "actions.jsonl").read_text().splitlines()
+    ]
+    assert [(r["kind"], r["applied"]) for r in logged] == [("advance_origin", False)] + [("advance_origin", True)] * 2

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from cd4ml.monitoring.monitor import MonitorPolicy, Summary
 
@@ -35,6 +35,9 @@ class ControllerPolicy(BaseModel):
     challenger_margin: float = 0.0  # challenger must beat the champion by this share of NWRMSLE
     retrain_after: int = 2  # consecutive windows with drift or quality decay
     rollback_within: int = 5  # windows after a promotion during which a breach rolls it back
+    # the serving origin moves past a day once this share of the champion's series have actuals
+    # for it (and for every day before it); 0 leaves the origin to `cd4ml actuals --complete-through`
+    origin_coverage: float = Field(0.95, ge=0, le=1)
 
 
 class Policy(BaseModel):
@@ -59,7 +62,7 @@ def load_policy(path: Path | None) -> Policy:
 
 @dataclass
 class Action:
-    kind: Literal["rollback", "step_canary", "promote", "end_canary", "retrain", "start_canary"]
+    kind: Literal["rollback", "step_canary", "promote", "end_canary", "retrain", "start_canary", "advance_origin"]
     reason: str
     evidence: dict[str, Any] = field(default_factory=dict)
 

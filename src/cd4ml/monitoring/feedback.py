@@ -15,7 +15,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,17 @@ class FeedbackStore:
         if current != through:
             self._execute("INSERT INTO origin VALUES (?, ?, ?)", (through.isoformat(), time.time(), source))
         return through
+
+    def complete_until(self, after: date, series: int, share: float, period_days: int = 1) -> date | None:
+        """The newest period end D after `after` such that every period from the next one up to D
+        has actuals for at least `share` of `series` series (None: the next one has not)."""
+        rows = self._execute("SELECT date, count(*) FROM actuals WHERE date > ? GROUP BY date", (after.isoformat(),))
+        counts = {str(day)[:10]: n for day, n in rows}
+        step, newest = timedelta(days=period_days), None
+        day = after + step
+        while counts.get(day.isoformat(), 0) >= share * series:
+            newest, day = day, day + step
+        return newest
 
     def record(self, request_id: str, kind: str, value: Any, served: Served) -> None:
         self.record_all(request_id, {kind: value}, served)

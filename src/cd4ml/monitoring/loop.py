@@ -14,6 +14,7 @@ from cd4ml.monitoring.monitor import Summary, read_log
 from cd4ml.registry import CHALLENGER, CHAMPION, Registry, previous_champion, resolve_bundle
 from cd4ml.release import change_routing, promote, routing_path
 from cd4ml.routing import Routing, load_routing
+from cd4ml.scoring import Predictor, SeriesData
 
 
 @dataclass
@@ -81,6 +82,10 @@ def control(
         failed = action.kind == "retrain" and detail.startswith("retraining exited")
         retrain_failed |= failed
         controller.record(log_file, action, not (dry_run or failed), detail)
+    if policy.controller.origin_coverage > 0 and champion is not None:
+        moved = advance_origin(ws, registry.name, champion, policy.controller.origin_coverage, dry_run)
+        if moved is not None:
+            actions.append(moved)
     if not dry_run:
         state = controller.advance(state, summary, actions, champion)
         # a failed run (e.g. its gates) left no challenger to wait for: try again after
@@ -123,6 +128,25 @@ def _apply(
         registry.move(CHALLENGER, None, why)
         return "canary ended, challenger retired"
     return retrain(ws.root, retrain_overrides)
+
+
+def advance_origin(ws: Workspace, name: str, champion: str, coverage: float, dry_run: bool) -> controller.Action | None:
+    """Move the serving origin (recorded in the feedback store) to the newest day through which
+    actuals are complete: `coverage` of the champion's series have an actual for it and for every
+    day before it. Missing actuals stay missing; a day short of coverage holds the origin back."""
+    bundle = ws.bundle(name, champion)
+    data, spec = SeriesData.read(bundle), Predictor.read(bundle).spec
+    store = FeedbackStore(ws.feedback_url)
+    current = max(filter(None, [store.complete_through(), data.last_date]))
+    newest = store.complete_until(current, len(data.series), coverage, spec.period_days)
+    if newest is None:
+        return None
+    reason = f"actuals for at least {coverage:.0%} of {len(data.series):,} series through {newest}"
+    action = controller.Action("advance_origin", reason, {"from": current, "to": newest})
+    if not dry_run:
+        store.mark_complete(newest, "cd4ml control")
+    controller.record(ws.root / "reports" / "controller" / "actions.jsonl", action, not dry_run, f"origin {newest}")
+    return action
 
 
 def retrain(workdir: Path, overrides: list[str]) -> str:
