@@ -83,10 +83,12 @@ def run_monitor(
             "by_slice": [q | {"slice": s} for s in slices for q in monitor.quality(served, [s])],
         }
         current, skew = rescore(served, bundles, actuals)
+        # a group's level is one value repeated over all its series' rows: a per-column test
+        # counts it hundreds of times and flags any ordinary day-to-day move as drift
         monitored = [
             c
             for c in [*spec.state_columns, *spec.covariates, "seasonal_naive_log", "prediction"]
-            if c in current.columns and c not in monitor.CALENDAR
+            if c in current.columns and c not in monitor.CALENDAR and c not in spec.group_columns
         ]
         monitored += [c for c in current.columns if c.startswith("dow_lmean")]
         drift = monitor.too_few_for_drift(served, keys, policy) or monitor.drift(
