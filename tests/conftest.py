@@ -346,6 +346,16 @@ class MlflowServer:
                 self.process.wait()
 
 
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120, every: float = 0.1) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` s (generous: it
+    catches something that never happens, not something slow — timings belong in bench/)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not after {timeout:.0f} s")
+        time.sleep(every)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

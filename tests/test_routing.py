@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from conftest import GatewayProcess, forecasts
+from conftest import GatewayProcess, forecasts, wait_until
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
@@ -379,10 +379,8 @@ def test_share_zero_from_the_cli_reaches_a_running_gateway(live: Live, run_cd4ml
     try:
         result = run_cd4ml("release", "set", "canary", "--share", "0", "-w", str(live.workdir))
         assert result.returncode == 0, result.stderr
-        deadline = time.monotonic() + 120  # a watcher that never applies it, not a slow one
-        while not (observations and observations[-1][1]):
-            assert time.monotonic() < deadline and watcher.is_alive(), "routing.yaml was never applied"
-            time.sleep(0.05)
+        wait_until(lambda: bool(observations and observations[-1][1]) or not watcher.is_alive(), "routing.yaml applied")
+        assert watcher.is_alive(), "the watching client stopped before routing.yaml was applied"
     finally:
         stop.set()
         watcher.join()
@@ -512,19 +510,19 @@ def test_a_broken_routing_file_is_reported_and_the_watcher_keeps_going(live: Liv
     errors = metric(live.client.get("/metrics").text, "cd4ml_routing_errors_total")
     path = live.workdir / "routing.yaml"
     path.write_text("strategy: canary\narms: {champion: champion\n")  # a half-saved edit
-    deadline = time.monotonic() + 120  # generous: a watcher that stopped, not a slow one, fails
-    while metric(live.client.get("/metrics").text, "cd4ml_routing_errors_total") == errors:
-        assert time.monotonic() < deadline, "the broken routing.yaml was never reported"
-        time.sleep(0.1)
+    wait_until(
+        lambda: metric(live.client.get("/metrics").text, "cd4ml_routing_errors_total") != errors,
+        "the broken routing.yaml reported",
+    )
     time.sleep(3 * POLL)  # more polls of the same broken file: reported once, routing unchanged
     assert live.client.get("/version").json()["strategy"] == "single"
     assert metric(live.client.get("/metrics").text, "cd4ml_routing_errors_total") == errors + 1
     save_routing(path, Routing(strategy="canary", arms=VERSIONS, share=1.0))
     live.arms = VERSIONS  # the champion answers as v1 under either routing, the challenger as v2
-    deadline = time.monotonic() + 120
-    while live.predict(client_id="after-broken")["arm"] != "challenger":
-        assert time.monotonic() < deadline, "the routing watcher stopped after a broken file"
-        time.sleep(0.1)
+    wait_until(
+        lambda: live.predict(client_id="after-broken")["arm"] == "challenger",
+        "the routing watcher applying a good file after a broken one",
+    )
 
 
 def slow_loading(settings: GatewaySettings, target: str) -> ModelHandle:
